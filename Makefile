@@ -1,0 +1,121 @@
+# Cete: build, test and package over cargo.
+#
+#   make build     release binaries, copied to ./bin/ (cete, cete-server)
+#   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
+#   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks
+#   make dist      dist/cete-<version>-<target triple>.tar.gz
+#   make fmt | clippy | clean | bench | help
+#
+# Variables:
+#   CARGO_TARGET_DIR  honoured if set (CI points it at a cache outside the clone)
+#   ARGS              extra arguments for `make run` (cete-server flags)
+#   CETE_SOAK=1       also run the long soak tests in `make test`
+#   BENCH_ADDRESS     node HTTP address for `make bench` (default $CETE_ADDRESS, else
+#                     http://127.0.0.1:8000)
+#   BENCH_ARGS        extra `cete bench` flags, e.g. "-c 32 -d 30 --read-ratio 0.9"
+#   SKIP_SETUP=1      do not run scripts/setup.sh first
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+# Phases run in order even under `make -j` (cargo parallelises the builds itself).
+.NOTPARALLEL:
+
+CARGO   ?= cargo
+PYTHON  ?= python3
+ARGS    ?=
+BENCH_ADDRESS ?= $(or $(CETE_ADDRESS),http://127.0.0.1:8000)
+BENCH_ARGS    ?=
+BINS    := cete cete-server
+
+# `make build CARGO_TARGET_DIR=...` works like the environment variable.
+ifdef CARGO_TARGET_DIR
+export CARGO_TARGET_DIR
+endif
+
+# The integration tests read CETE_SOAK; pass it through when it is set.
+ifdef CETE_SOAK
+export CETE_SOAK
+endif
+
+# Computed only in the recipes that need them (cargo metadata/rustc cost a moment).
+# ($(shell) does not see command-line variables in make < 4.4: pass CARGO_TARGET_DIR on.)
+target_dir = $(shell $(if $(CARGO_TARGET_DIR),CARGO_TARGET_DIR='$(CARGO_TARGET_DIR)') $(CARGO) metadata --format-version 1 --no-deps | \
+	$(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+version = $(shell $(CARGO) metadata --format-version 1 --no-deps | \
+	$(PYTHON) -c 'import json, sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cete-server"))')
+triple = $(shell rustc -vV | sed -n 's/^host: //p')
+
+phase = @printf '\n==> %s\n' $(1)
+
+.PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
+	openapi-check helm-check dist bench clean
+
+help:
+	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+
+setup:
+ifndef SKIP_SETUP
+	$(call phase,"setup: scripts/setup.sh")
+	@scripts/setup.sh
+endif
+
+build: setup
+	$(call phase,"build: cargo build --release --workspace --bins")
+	$(CARGO) build --release --workspace --bins
+	@mkdir -p bin
+	@td='$(target_dir)'; for b in $(BINS); do cp -f "$$td/release/$$b" bin/; done
+	@echo "binaries: $(addprefix ./bin/,$(BINS))"
+
+run: setup
+	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
+	$(CARGO) run --release -p cete-server -- $(ARGS)
+
+test: setup fmt-check clippy test-build test-cargo openapi-check helm-check
+	$(call phase,"test: all checks passed")
+
+fmt-check:
+	$(call phase,"fmt: cargo fmt --all -- --check")
+	$(CARGO) fmt --all -- --check
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(call phase,"clippy: cargo clippy --workspace --all-targets -- -D warnings")
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The integration tests run the real binaries, which they find beside the test
+# executable (<target>/debug/): build them in the same profile first.
+test-build:
+	$(call phase,"build: cargo build --workspace --bins")
+	$(CARGO) build --workspace --bins
+
+test-cargo: test-build
+	$(call phase,"test: cargo test --workspace -- --test-threads=2 (CETE_SOAK=$(if $(CETE_SOAK),$(CETE_SOAK),unset))")
+	$(CARGO) test --workspace -- --test-threads=2
+
+openapi-check:
+	$(call phase,"openapi: $(PYTHON) tests/openapi_check.py")
+	$(PYTHON) tests/openapi_check.py
+
+helm-check:
+	$(call phase,"helm: scripts/check-helm.sh")
+	scripts/check-helm.sh
+
+dist: build
+	$(call phase,"dist: dist/cete-$(version)-$(triple).tar.gz")
+	@name='cete-$(version)-$(triple)'; stage="dist/$$name"; \
+	rm -rf "$$stage" "$$stage.tar.gz"; mkdir -p "$$stage"; \
+	cp $(addprefix bin/,$(BINS)) README.md openapi.yaml "$$stage/"; \
+	tar -C dist -czf "$$stage.tar.gz" "$$name"; rm -rf "$$stage"; \
+	echo "wrote $$stage.tar.gz"; tar -tzf "$$stage.tar.gz"
+
+# Load-tests a running node or cluster (start one with `make run` first).
+bench:
+	$(call phase,"bench: cete bench against $(BENCH_ADDRESS)")
+	$(CARGO) run --release -p cete-cli -- --address '$(BENCH_ADDRESS)' bench $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
+	rm -rf bin dist

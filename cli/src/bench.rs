@@ -1,0 +1,454 @@
+//! `cete bench`: concurrent sequential clients issuing reads and writes,
+//! with latency percentiles from an HDR histogram (like redis-benchmark).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::cli::BenchArgs;
+use crate::client::{ApiError, Call, Client, Options, TransportError};
+use crate::commands::{print_pretty, write_stdout};
+use crate::urls;
+
+/// Latencies are recorded in microseconds, from 1 µs to 10 minutes.
+const HIST_MAX_US: u64 = 600_000_000;
+
+/// Results of one kind of operation.
+pub struct Stats {
+    pub hist: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            hist: Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds"),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn merge(&mut self, other: &Stats) {
+        self.hist.add(&other.hist).expect("same histogram bounds");
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += n;
+        }
+    }
+
+    fn record(&mut self, outcome: Result<(), String>, latency: Duration) {
+        match outcome {
+            Ok(()) => self
+                .hist
+                .saturating_record((latency.as_micros() as u64).max(1)),
+            Err(kind) => *self.errors.entry(kind).or_default() += 1,
+        }
+    }
+}
+
+/// The numbers printed for one kind of operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub ops: u64,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub ops_per_sec: f64,
+    /// p50, p99, p99.9 and max in milliseconds; `None` without successful ops.
+    pub latency_ms: Option<[f64; 4]>,
+}
+
+impl Summary {
+    pub fn of(stats: &Stats, elapsed: Duration) -> Summary {
+        let ops = stats.hist.len();
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let ms = |us: u64| us as f64 / 1000.0;
+        let latency_ms = (ops > 0).then(|| {
+            [
+                ms(stats.hist.value_at_quantile(0.50)),
+                ms(stats.hist.value_at_quantile(0.99)),
+                ms(stats.hist.value_at_quantile(0.999)),
+                ms(stats.hist.max()),
+            ]
+        });
+        Summary {
+            ops,
+            errors: stats.errors.values().sum(),
+            errors_by_kind: stats.errors.clone(),
+            ops_per_sec: ops as f64 / secs,
+            latency_ms,
+        }
+    }
+
+    /// One line: `writes: 100 ops, 0 errors, 50.0 ops/s, latency ms p50 ... max ...`.
+    pub fn line(&self, label: &str) -> String {
+        let mut s = format!("{label:<7} {} ops, {} errors", self.ops, self.errors);
+        if !self.errors_by_kind.is_empty() {
+            let kinds: Vec<String> = self
+                .errors_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = write!(s, " ({})", kinds.join(", "));
+        }
+        let _ = write!(s, ", {:.1} ops/s", self.ops_per_sec);
+        if let Some([p50, p99, p999, max]) = self.latency_ms {
+            let _ = write!(
+                s,
+                ", latency ms p50 {p50:.3} p99 {p99:.3} p99.9 {p999:.3} max {max:.3}"
+            );
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> Value {
+        let latency = match self.latency_ms {
+            Some([p50, p99, p999, max]) => {
+                json!({ "p50": p50, "p99": p99, "p99_9": p999, "max": max })
+            }
+            None => Value::Null,
+        };
+        json!({
+            "ops": self.ops,
+            "errors": self.errors,
+            "errors_by_kind": self.errors_by_kind,
+            "ops_per_sec": round3(self.ops_per_sec),
+            "latency_ms": latency,
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Names an error for the per-kind counts: the server's code, or the
+/// transport failure's kind.
+fn error_kind(err: &anyhow::Error) -> String {
+    if let Some(api) = err.downcast_ref::<ApiError>() {
+        return api.code.clone();
+    }
+    if let Some(t) = err.downcast_ref::<TransportError>() {
+        return t.kind().to_string();
+    }
+    "other".to_string()
+}
+
+enum Stop {
+    At(Instant),
+    After { sent: AtomicU64, total: u64 },
+}
+
+impl Stop {
+    fn reached(&self) -> bool {
+        match self {
+            Stop::At(deadline) => Instant::now() >= *deadline,
+            Stop::After { sent, total } => sent.fetch_add(1, Ordering::Relaxed) >= *total,
+        }
+    }
+}
+
+struct Plan {
+    paths: Vec<String>,
+    value: Bytes,
+    read_ratio: f64,
+    read_query: Option<String>,
+    stop: Stop,
+}
+
+/// Runs the benchmark against `base` (writes) and `args.addresses` (reads).
+pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
+    let pool = args.concurrency as usize;
+    let timeout = base.timeout;
+    let ca_cert = base.ca_cert.clone();
+    let writer = Arc::new(Client::new(Options {
+        pool_size: pool,
+        ..base
+    })?);
+    let mut readers = Vec::new();
+    for addr in &args.addresses {
+        let address = urls::normalize_address(addr)
+            .map_err(|e| crate::commands::UsageError(format!("--addresses: {e}")))?;
+        readers.push(Arc::new(Client::new(Options {
+            address,
+            timeout,
+            ca_cert: ca_cert.clone(),
+            pool_size: pool,
+        })?));
+    }
+    if readers.is_empty() {
+        readers.push(writer.clone());
+    }
+
+    let width = (args.keys - 1).to_string().len();
+    let names: Vec<String> = (0..args.keys)
+        .map(|i| format!("{}{i:0width$}", args.key_prefix))
+        .collect();
+    let paths = names
+        .iter()
+        .map(|k| crate::commands::data_path(k))
+        .collect::<Result<Vec<_>>>()?;
+    let mut value = vec![0u8; args.value_size];
+    StdRng::from_os_rng().fill(&mut value[..]);
+    let value = Bytes::from(value);
+
+    if args.read_ratio > 0.0 {
+        preload(&writer, &args, &names, &paths, &value).await?;
+    }
+
+    let read_query = urls::query_string(
+        &args
+            .consistency
+            .map(|c| vec![("consistency", c.as_str().to_string())])
+            .unwrap_or_default(),
+    );
+    let stop = match args.requests {
+        Some(total) => Stop::After {
+            sent: AtomicU64::new(0),
+            total,
+        },
+        None => Stop::At(Instant::now() + args.duration),
+    };
+    let plan = Arc::new(Plan {
+        paths,
+        value,
+        read_ratio: args.read_ratio,
+        read_query,
+        stop,
+    });
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.concurrency as usize {
+        let plan = plan.clone();
+        let writer = writer.clone();
+        let reader = readers[i % readers.len()].clone();
+        tasks.push(tokio::spawn(worker(plan, writer, reader)));
+    }
+    let mut reads = Stats::new();
+    let mut writes = Stats::new();
+    for task in tasks {
+        let (r, w) = task.await.context("a benchmark task failed")?;
+        reads.merge(&r);
+        writes.merge(&w);
+    }
+    let elapsed = started.elapsed();
+
+    let mut total = Stats::new();
+    total.merge(&reads);
+    total.merge(&writes);
+    let (reads, writes, total) = (
+        Summary::of(&reads, elapsed),
+        Summary::of(&writes, elapsed),
+        Summary::of(&total, elapsed),
+    );
+    if args.json {
+        let report = json!({
+            "config": {
+                "address": writer.base().as_str(),
+                "read_addresses": readers.iter().map(|c| c.base().as_str()).collect::<Vec<_>>(),
+                "concurrency": args.concurrency,
+                "duration_s": args.requests.is_none().then_some(args.duration.as_secs_f64()),
+                "requests": args.requests,
+                "value_size": args.value_size,
+                "keys": args.keys,
+                "read_ratio": args.read_ratio,
+                "consistency": args.consistency.map(|c| c.as_str()),
+                "key_prefix": args.key_prefix,
+            },
+            "elapsed_s": round3(elapsed.as_secs_f64()),
+            "total": total.to_json(),
+            "reads": reads.to_json(),
+            "writes": writes.to_json(),
+        });
+        print_pretty(&report)?;
+    } else {
+        let mut out = format!(
+            "bench: {} clients, {} keys, {}-byte values, read ratio {:.2}, {:.2} s\n",
+            args.concurrency,
+            args.keys,
+            args.value_size,
+            args.read_ratio,
+            elapsed.as_secs_f64()
+        );
+        for (label, s) in [("writes:", &writes), ("reads:", &reads), ("total:", &total)] {
+            if s.ops + s.errors > 0 || label == "total:" {
+                out.push_str(&s.line(label));
+                out.push('\n');
+            }
+        }
+        write_stdout(out.as_bytes())?;
+    }
+    Ok(if total.ops == 0 && total.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn worker(plan: Arc<Plan>, writer: Arc<Client>, reader: Arc<Client>) -> (Stats, Stats) {
+    let mut rng = StdRng::from_os_rng();
+    let mut reads = Stats::new();
+    let mut writes = Stats::new();
+    while !plan.stop.reached() {
+        let path = &plan.paths[rng.random_range(0..plan.paths.len())];
+        let is_read = plan.read_ratio > 0.0 && rng.random::<f64>() < plan.read_ratio;
+        let started = Instant::now();
+        if is_read {
+            let call = Call::get(path.clone()).query(plan.read_query.clone());
+            let outcome = reader.call(&call).await;
+            reads.record(
+                outcome.map(drop).map_err(|e| error_kind(&e)),
+                started.elapsed(),
+            );
+        } else {
+            let call = Call::new(Method::PUT, path.clone()).body(plan.value.clone());
+            let outcome = writer.call(&call).await;
+            writes.record(
+                outcome.map(drop).map_err(|e| error_kind(&e)),
+                started.elapsed(),
+            );
+        }
+    }
+    (reads, writes)
+}
+
+/// Writes the keys the read benchmark needs and that do not exist yet.
+async fn preload(
+    client: &Client,
+    args: &BenchArgs,
+    names: &[String],
+    paths: &[String],
+    value: &Bytes,
+) -> Result<()> {
+    let existing = existing_keys(client, &args.key_prefix).await?;
+    let missing: Vec<&String> = names
+        .iter()
+        .zip(paths)
+        .filter(|(name, _)| !existing.contains(*name))
+        .map(|(_, path)| path)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "bench: preloading {} of {} keys",
+        missing.len(),
+        names.len()
+    );
+    let mut writes = futures::stream::iter(missing)
+        .map(|path| {
+            let call = Call::new(Method::PUT, path.clone()).body(value.clone());
+            async move { client.call(&call).await }
+        })
+        .buffer_unordered(args.concurrency as usize);
+    while let Some(result) = writes.next().await {
+        result.context("preloading the benchmark keys")?;
+    }
+    Ok(())
+}
+
+async fn existing_keys(client: &Client, prefix: &str) -> Result<HashSet<String>> {
+    let mut keys = HashSet::new();
+    let mut start_after: Option<String> = None;
+    loop {
+        let mut pairs = vec![
+            ("prefix", prefix.to_string()),
+            ("limit", "1000".to_string()),
+        ];
+        if let Some(after) = &start_after {
+            pairs.push(("start_after", after.clone()));
+        }
+        let call = Call::get("/v1/data").query(urls::query_string(&pairs));
+        let page = client.call(&call).await?.json()?;
+        for entry in page
+            .get("keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(k) = entry.get("key").and_then(Value::as_str) {
+                keys.insert(k.to_string());
+            }
+        }
+        let more = page.get("more").and_then(Value::as_bool) == Some(true);
+        match page.get("next_start_after").and_then(Value::as_str) {
+            Some(next) if more && start_after.as_deref() != Some(next) => {
+                start_after = Some(next.to_string())
+            }
+            _ => return Ok(keys),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_percentiles_and_line() {
+        let mut stats = Stats::new();
+        // 1000 successes: 1 ms .. 1000 ms, one error of each of two kinds.
+        for ms in 1..=1000u64 {
+            stats.record(Ok(()), Duration::from_millis(ms));
+        }
+        stats.record(Err("NoLeader".into()), Duration::ZERO);
+        stats.record(Err("timeout".into()), Duration::ZERO);
+        stats.record(Err("timeout".into()), Duration::ZERO);
+        let s = Summary::of(&stats, Duration::from_secs(4));
+        assert_eq!(s.ops, 1000);
+        assert_eq!(s.errors, 3);
+        assert_eq!(s.ops_per_sec, 250.0);
+        let [p50, p99, p999, max] = s.latency_ms.unwrap();
+        // HDR buckets at 3 significant digits: within 0.1% of the exact value.
+        assert!((p50 - 500.0).abs() <= 0.5, "{p50}");
+        assert!((p99 - 990.0).abs() <= 1.0, "{p99}");
+        assert!((p999 - 999.0).abs() <= 1.0, "{p999}");
+        assert!((max - 1000.0).abs() <= 1.0, "{max}");
+        assert_eq!(
+            s.line("writes:"),
+            format!(
+                "writes: 1000 ops, 3 errors (NoLeader 1, timeout 2), 250.0 ops/s, \
+                 latency ms p50 {p50:.3} p99 {p99:.3} p99.9 {p999:.3} max {max:.3}"
+            )
+        );
+        let j = s.to_json();
+        assert_eq!(j["ops"], 1000);
+        assert_eq!(j["errors_by_kind"]["timeout"], 2);
+        assert_eq!(j["latency_ms"]["p50"], p50);
+    }
+
+    #[test]
+    fn exact_format_of_small_values() {
+        let mut stats = Stats::new();
+        stats.record(Ok(()), Duration::from_micros(1500));
+        let s = Summary::of(&stats, Duration::from_secs(2));
+        assert_eq!(
+            s.line("reads:"),
+            "reads:  1 ops, 0 errors, 0.5 ops/s, latency ms p50 1.500 p99 1.500 p99.9 1.500 max 1.500"
+        );
+    }
+
+    #[test]
+    fn empty_summary_has_no_latency() {
+        let mut stats = Stats::new();
+        stats.record(Err("connect".into()), Duration::ZERO);
+        let s = Summary::of(&stats, Duration::from_secs(1));
+        assert_eq!(s.latency_ms, None);
+        assert_eq!(
+            s.line("total:"),
+            "total:  0 ops, 1 errors (connect 1), 0.0 ops/s"
+        );
+        assert_eq!(s.to_json()["latency_ms"], Value::Null);
+    }
+}

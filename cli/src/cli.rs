@@ -1,0 +1,283 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Command-line client for Cete, a distributed key-value store. It speaks the
+/// nodes' REST API (HTTP/JSON); `cete start` runs a node.
+#[derive(Parser, Debug)]
+#[command(name = "cete", version, propagate_version = true)]
+pub struct Cli {
+    /// HTTP address of any node: http(s)://HOST:PORT, HOST:PORT or :PORT.
+    /// Writes sent to a follower are redirected to the leader.
+    #[arg(
+        long,
+        global = true,
+        env = "CETE_ADDRESS",
+        default_value = "http://127.0.0.1:8000",
+        value_name = "URL"
+    )]
+    pub address: String,
+
+    /// Time limit in seconds for each request, including leader redirects
+    /// and retries while the cluster has no leader.
+    #[arg(long, global = true, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// PEM file of CA certificates to trust for https addresses, instead of
+    /// the system's roots (e.g. for a self-signed server certificate).
+    #[arg(long, global = true, value_name = "FILE", alias = "certificate-file")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// The original gRPC client flag. Refused: this CLI speaks REST.
+    #[arg(long = "grpc-address", alias = "grpc-addr", global = true, hide = true)]
+    pub grpc_address: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node: executes `cete-server` (found beside this binary, else on
+    /// PATH) with all following arguments, e.g. `cete start --id=node1`.
+    Start(StartArgs),
+    /// Show this node's Raft state (GET /v1/node).
+    Node,
+    /// Show the cluster's members and leader (GET /v1/cluster).
+    Cluster,
+    /// Print a key's value, byte for byte.
+    Get(GetArgs),
+    /// Store a value from the command line, a file or standard input.
+    Set(SetArgs),
+    /// Delete a key.
+    Delete(DeleteArgs),
+    /// List keys (with revision, size and content type), one JSON object per line.
+    List(ListArgs),
+    /// Add a node to the cluster (PUT /v1/cluster/ID).
+    Join(JoinArgs),
+    /// Remove a node from the cluster (DELETE /v1/cluster/ID).
+    Leave(LeaveArgs),
+    /// Build a Raft snapshot on the node now and purge the log behind it.
+    Snapshot,
+    /// Check liveness and readiness; exits 1 if the node is not ready.
+    Healthcheck,
+    /// Print the node's Prometheus metrics (GET /metrics).
+    Metrics,
+    /// Print the version of this client.
+    Version,
+    /// Load-test a cluster with concurrent reads and writes (like redis-benchmark).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct StartArgs {
+    /// Arguments passed verbatim to cete-server (`cete start --help` shows its flags).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "SERVER_ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    /// Confirm leadership with a quorum before reading (read index).
+    Linearizable,
+    /// Read the local copy; may lag behind the leader.
+    Stale,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The key; `/` separates path segments, any other byte is allowed.
+    pub key: String,
+    /// Read consistency (server default when omitted).
+    #[arg(long, value_enum)]
+    pub consistency: Option<Consistency>,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The key; `/` separates path segments, any other byte is allowed.
+    pub key: String,
+    /// The value; without it (and without --file) the value is read from standard input.
+    #[arg(conflicts_with = "file")]
+    pub value: Option<String>,
+    /// Read the value from this file.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Content-Type to store with the value (the server defaults to application/octet-stream).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Only replace the value if its current revision is REV (If-Match).
+    #[arg(long, value_name = "REV", conflicts_with = "if_absent")]
+    pub if_match: Option<u64>,
+    /// Only create the key; fail if it exists (If-None-Match: *).
+    #[arg(long)]
+    pub if_absent: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The key; `/` separates path segments, any other byte is allowed.
+    pub key: String,
+    /// Only delete if the key's current revision is REV (If-Match).
+    #[arg(long, value_name = "REV")]
+    pub if_match: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only keys starting with this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Print at most N keys in total (default: all, fetched page by page).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Start after this key (exclusive).
+    #[arg(long, value_name = "KEY")]
+    pub start_after: Option<String>,
+    /// Read consistency (server default when omitted).
+    #[arg(long, value_enum)]
+    pub consistency: Option<Consistency>,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// ID of the node to add.
+    pub id: String,
+    /// Its gRPC address; the leader asks it for the rest over gRPC.
+    pub grpc_addr: String,
+    /// Its Raft address (bind_addr), if you want to state it.
+    #[arg(long, value_name = "ADDR")]
+    pub raft_address: Option<String>,
+    /// Its HTTP address (metadata.http_addr), if you want to state it.
+    #[arg(long, value_name = "ADDR")]
+    pub http_address: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaveArgs {
+    /// ID of the node to remove.
+    pub id: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent clients, each sending one request at a time.
+    #[arg(long, short = 'c', default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
+    /// Run for this many seconds.
+    #[arg(long, short = 'd', default_value = "10", value_name = "SECONDS", value_parser = parse_seconds, conflicts_with = "requests")]
+    pub duration: Duration,
+    /// Stop after this many requests in total instead of after --duration.
+    #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Size of each written value in bytes.
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    pub value_size: usize,
+    /// Number of distinct keys, picked uniformly at random.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Fraction of operations that are reads (0.0 = all writes, 1.0 = all reads).
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO", value_parser = parse_ratio)]
+    pub read_ratio: f64,
+    /// Read consistency for the reads (server default when omitted).
+    #[arg(long, value_enum)]
+    pub consistency: Option<Consistency>,
+    /// Prefix of the benchmark's keys.
+    #[arg(long, default_value = "bench/", value_name = "PREFIX")]
+    pub key_prefix: String,
+    /// Comma-separated node addresses to spread reads over (default: --address).
+    #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+    pub addresses: Vec<String>,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("'{s}' is not between 0.0 and 1.0"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn start_passes_everything_through() {
+        let cli = Cli::try_parse_from([
+            "cete",
+            "start",
+            "--id=node1",
+            "--raft-address=:7000",
+            "--help",
+            "--grpc-address",
+            ":9000",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Start(a) => assert_eq!(
+                a.args,
+                [
+                    "--id=node1",
+                    "--raft-address=:7000",
+                    "--help",
+                    "--grpc-address",
+                    ":9000"
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(cli.grpc_address.is_none());
+    }
+
+    #[test]
+    fn grpc_flag_is_seen() {
+        let cli = Cli::try_parse_from(["cete", "get", "--grpc-addr=:9000", "k"]).unwrap();
+        assert_eq!(cli.grpc_address.as_deref(), Some(":9000"));
+    }
+
+    #[test]
+    fn seconds_and_ratio() {
+        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_seconds("10s").unwrap(), Duration::from_secs(10));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("x").is_err());
+        assert!(parse_ratio("1.1").is_err());
+        assert_eq!(parse_ratio("0.9").unwrap(), 0.9);
+    }
+}

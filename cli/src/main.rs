@@ -1,0 +1,85 @@
+//! `cete`: the command-line client for Cete. Parses the command line, runs
+//! the subcommand and turns its outcome into one line on stderr and an exit
+//! code (0 ok, 1 failure, 2 usage).
+
+mod bench;
+mod cli;
+mod client;
+mod commands;
+mod urls;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::client::{ApiError, Client, Options, TransportError};
+use crate::commands::UsageError;
+
+fn main() -> ExitCode {
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Some(server_args) = commands::raw_start_args(&argv) {
+        return commands::start(server_args);
+    }
+    let cli = Cli::parse_from(argv);
+    if cli.grpc_address.is_some() {
+        eprintln!(
+            "error: --grpc-address is not supported: the cete CLI speaks REST, \
+             use --address http://HOST:HTTP_PORT (e.g. --address :8000)"
+        );
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Start(args) => {
+            return commands::start(args.args.into_iter().map(Into::into).collect())
+        }
+        Command::Version => {
+            println!("cete version: {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    let outcome = runtime.block_on(async {
+        let address = urls::normalize_address(&cli.address)
+            .map_err(|e| UsageError(format!("--address: {e}")))?;
+        let options = Options {
+            address,
+            timeout: cli.timeout,
+            ca_cert: cli.ca_cert,
+            pool_size: 1,
+        };
+        match cli.command {
+            Command::Bench(args) => bench::run(args, options).await,
+            other => commands::run(&Client::new(options)?, other).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints one `error: ...` line and picks the exit code.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader went away (`cete list | head`): not our failure.
+            return ExitCode::SUCCESS;
+        }
+    }
+    let line = if err.is::<ApiError>() || err.is::<TransportError>() || err.is::<UsageError>() {
+        err.to_string()
+    } else {
+        format!("{err:#}")
+    };
+    eprintln!("error: {}", line.replace('\n', " "));
+    if err.is::<UsageError>() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}

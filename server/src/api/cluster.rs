@@ -1,0 +1,219 @@
+//! `/v1/node`, `/v1/cluster` and `/v1/snapshot`: the node, its cluster and
+//! membership changes. JSON shapes follow the original Cete README
+//! (`bind_addr`, `metadata.grpc_addr`, `metadata.http_addr`, `state`), with
+//! the `*_address` spellings alongside.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::{node_error, ApiError};
+use super::{request_target, with_node, RequestTarget};
+use crate::errors::Error;
+use crate::node::Cete;
+use crate::raft::NodeInfo;
+
+/// Join requests are small; anything bigger is a mistake.
+const MAX_JOIN_BODY: u64 = 64 * 1024;
+
+pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let node_route = warp::path!("v1" / "node")
+        .and(warp::get())
+        .and(with_node(node.clone()))
+        .map(|node: Arc<Cete>| node_json(&node));
+    let cluster = warp::path!("v1" / "cluster")
+        .and(warp::get())
+        .and(with_node(node.clone()))
+        .map(|node: Arc<Cete>| cluster_json(&node));
+    let join = warp::path!("v1" / "cluster" / String)
+        .and(warp::put())
+        .and(with_node(node.clone()))
+        .and(request_target())
+        .and(warp::body::content_length_limit(MAX_JOIN_BODY))
+        .and(warp::body::bytes())
+        .then(join);
+    let leave = warp::path!("v1" / "cluster" / String)
+        .and(warp::delete())
+        .and(with_node(node.clone()))
+        .and(request_target())
+        .then(leave);
+    let snapshot = warp::path!("v1" / "snapshot")
+        .and(warp::post())
+        .and(with_node(node))
+        .then(snapshot);
+    node_route
+        .or(cluster)
+        .unify()
+        .or(join)
+        .unify()
+        .or(leave)
+        .unify()
+        .or(snapshot)
+        .unify()
+}
+
+fn node_fields(info: &NodeInfo, state: &str) -> serde_json::Map<String, Value> {
+    let value = json!({
+        "id": info.name,
+        "bind_addr": info.raft_address,
+        "raft_address": info.raft_address,
+        "metadata": {
+            "grpc_addr": info.grpc_address,
+            "http_addr": info.http_address,
+            "grpc_address": info.grpc_address,
+            "http_address": info.http_address,
+        },
+        "state": state,
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("json! of an object is an object"),
+    }
+}
+
+fn node_json(node: &Cete) -> Response {
+    let status = node.node_status();
+    let mut fields = node_fields(&status.info, &status.state);
+    fields.insert("leader".into(), json!(status.leader.unwrap_or_default()));
+    fields.insert("term".into(), json!(status.term));
+    fields.insert("last_log_index".into(), json!(status.last_log_index));
+    fields.insert("last_applied".into(), json!(status.last_applied));
+    fields.insert("member".into(), json!(status.member));
+    fields.insert("voter".into(), json!(status.voter));
+    warp::reply::json(&json!({ "node": fields })).into_response()
+}
+
+fn cluster_json(node: &Cete) -> Response {
+    let (members, leader) = node.cluster_status();
+    let nodes: serde_json::Map<String, Value> = members
+        .into_iter()
+        .map(|(name, member)| {
+            let mut fields = node_fields(&member.info, &member.state);
+            fields.insert("voter".into(), json!(member.voter));
+            (name, Value::Object(fields))
+        })
+        .collect();
+    warp::reply::json(&json!({"cluster": {"nodes": nodes, "leader": leader.unwrap_or_default()}}))
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinMetadata {
+    #[serde(alias = "grpc_address")]
+    grpc_addr: Option<String>,
+    #[serde(alias = "http_address")]
+    http_addr: Option<String>,
+}
+
+/// The original's join body; only `metadata.grpc_addr` is required: the
+/// rest is asked of the joining node itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    #[serde(alias = "raft_address")]
+    bind_addr: Option<String>,
+    #[serde(default)]
+    metadata: JoinMetadata,
+    /// Ignored: accepted because `cete node` output includes it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    state: Option<String>,
+}
+
+fn redirect_or_error(err: Error, target: &RequestTarget) -> Response {
+    let redirect = match &err {
+        Error::NotLeader(hint) if !hint.http_address.is_empty() => Some(target.on_leader(hint)),
+        _ => None,
+    };
+    node_error(err, redirect)
+}
+
+async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -> Response {
+    let id = match percent_encoding::percent_decode_str(&id).decode_utf8() {
+        Ok(id) if !id.is_empty() => id.into_owned(),
+        _ => {
+            return ApiError::bad_request("InvalidArgument", "the node id must be non-empty UTF-8")
+                .into_response()
+        }
+    };
+    let body: JoinBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return ApiError::bad_request("InvalidJson", format!("invalid join body: {e}"))
+                .into_response()
+        }
+    };
+    let Some(grpc_addr) = body.metadata.grpc_addr.filter(|a| !a.is_empty()) else {
+        return ApiError::bad_request("InvalidArgument", "metadata.grpc_addr is required")
+            .into_response();
+    };
+    // Only the leader changes membership: send the client there first.
+    if let Some(hint) = node.leader_hint() {
+        if hint.id != node.info.name {
+            return redirect_or_error(Error::NotLeader(hint), &target);
+        }
+    } else {
+        return node_error(Error::NoLeader, None);
+    }
+    let info = match node.fetch_node_info(&grpc_addr).await {
+        Ok(info) => info,
+        Err(e) => return node_error(e, None),
+    };
+    if info.name != id {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("the node at {grpc_addr} is '{}', not '{id}'", info.name),
+        )
+        .into_response();
+    }
+    let given = [
+        (
+            "bind_addr",
+            body.bind_addr.as_deref(),
+            info.raft_address.as_str(),
+        ),
+        (
+            "metadata.http_addr",
+            body.metadata.http_addr.as_deref(),
+            info.http_address.as_str(),
+        ),
+    ];
+    for (field, given, actual) in given {
+        if let Some(given) = given.filter(|g| !g.is_empty() && *g != actual) {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("{field} is {given} in the request but the node reports {actual}"),
+            )
+            .into_response();
+        }
+    }
+    match node.join(info).await {
+        Ok(()) => warp::reply::json(&json!({})).into_response(),
+        Err(e) => redirect_or_error(e, &target),
+    }
+}
+
+async fn leave(id: String, node: Arc<Cete>, target: RequestTarget) -> Response {
+    let id = percent_encoding::percent_decode_str(&id)
+        .decode_utf8_lossy()
+        .into_owned();
+    match node.leave(&id).await {
+        Ok(()) => warp::reply::json(&json!({})).into_response(),
+        Err(e) => redirect_or_error(e, &target),
+    }
+}
+
+async fn snapshot(node: Arc<Cete>) -> Response {
+    match node.trigger_snapshot().await {
+        Ok(index) => warp::reply::json(&json!({"snapshot": {"index": index}})).into_response(),
+        Err(e) => node_error(e, None),
+    }
+}

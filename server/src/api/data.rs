@@ -1,0 +1,373 @@
+//! `/v1/data`: keys and values.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, ETAG};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use warp::filters::path::Tail;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::{node_error, ApiError};
+use super::{parse_consistency, request_target, with_node, RequestTarget};
+use crate::errors::Error;
+use crate::node::Cete;
+use crate::raft::{Command, CommandResult, Precondition};
+
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+
+pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let max_body = node.max_value_size;
+    let list = warp::path!("v1" / "data")
+        .and(warp::get())
+        .and(with_node(node.clone()))
+        .and(warp::query::<ListQuery>())
+        .then(list);
+    let key = warp::path("v1")
+        .and(warp::path("data"))
+        .and(warp::path::tail());
+    let get = key
+        .and(
+            warp::get()
+                .map(|| false)
+                .or(warp::head().map(|| true))
+                .unify(),
+        )
+        .and(with_node(node.clone()))
+        .and(warp::query::<ReadQuery>())
+        .then(get);
+    let put = key
+        .and(warp::put())
+        .and(with_node(node.clone()))
+        .and(request_target())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("if-match"))
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .then(put);
+    let delete = key
+        .and(warp::delete())
+        .and(with_node(node))
+        .and(request_target())
+        .and(warp::header::optional::<String>("if-match"))
+        .then(delete);
+    list.or(get).unify().or(put).unify().or(delete).unify()
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadQuery {
+    consistency: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<String>,
+    start_after: Option<String>,
+    consistency: Option<String>,
+}
+
+/// Decodes a key from the URL path, strictly: a `%` must start a valid escape.
+pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let valid = bytes.len() >= i + 3
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
+            if !valid {
+                return Err(ApiError::bad_request(
+                    "InvalidKey",
+                    format!("invalid percent-encoding in key at byte {i}"),
+                ));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let key: Vec<u8> = percent_encoding::percent_decode(bytes).collect();
+    check_key(&key)?;
+    Ok(key)
+}
+
+fn check_key(key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("InvalidKey", "the key is empty"));
+    }
+    if key.len() > crate::MAX_KEY_LEN {
+        return Err(ApiError::bad_request(
+            "KeyTooLarge",
+            format!(
+                "the key is {} bytes; the limit is {}",
+                key.len(),
+                crate::MAX_KEY_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `If-Match: "7"` (or `7`, or `W/"7"`) and `If-None-Match: *`.
+fn precondition(
+    if_match: Option<&str>,
+    if_none_match: Option<&str>,
+) -> Result<Option<Precondition>, ApiError> {
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "InvalidArgument",
+            "If-Match and If-None-Match cannot be combined",
+        )),
+        (Some(tag), None) => {
+            let rev = tag.trim().trim_start_matches("W/").trim_matches('"');
+            rev.parse::<u64>()
+                .map(|r| Some(Precondition::RevisionIs(r)))
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "InvalidArgument",
+                        format!("If-Match must be a revision such as \"7\", not {tag}"),
+                    )
+                })
+        }
+        (None, Some(tag)) if tag.trim() == "*" => Ok(Some(Precondition::Absent)),
+        (None, Some(tag)) => Err(ApiError::bad_request(
+            "InvalidArgument",
+            format!("only If-None-Match: * is supported, not {tag}"),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn precondition_failed(current: Option<u64>) -> Response {
+    let message = match current {
+        Some(rev) => format!("precondition failed: the key's revision is {rev}"),
+        None => "precondition failed: the key does not exist".to_string(),
+    };
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "PreconditionFailed",
+        message,
+    )
+    .into_response()
+}
+
+fn key_not_found(key: &[u8]) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "KeyNotFound",
+        format!("key '{}' not found", String::from_utf8_lossy(key)),
+    )
+    .into_response()
+}
+
+fn write_failed(err: Error, target: &RequestTarget) -> Response {
+    let redirect = match &err {
+        Error::NotLeader(hint) => Some(target.on_leader(hint)),
+        _ => None,
+    };
+    node_error(err, redirect)
+}
+
+async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: ReadQuery) -> Response {
+    let key = match decode_key(tail.as_str()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let consistency = match parse_consistency(query.consistency.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match node.get(key.clone(), consistency).await {
+        Ok(Some(stored)) => {
+            let body = if head { Vec::new() } else { stored.value };
+            let mut response = Response::new(body.into());
+            let headers = response.headers_mut();
+            let content_type = HeaderValue::from_str(&stored.meta.content_type)
+                .unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+            headers.insert(CONTENT_TYPE, content_type);
+            let etag = format!("\"{}\"", stored.meta.mod_revision);
+            headers.insert(
+                ETAG,
+                HeaderValue::from_str(&etag).expect("digits are a valid header"),
+            );
+            headers.insert("x-cete-revision", stored.meta.mod_revision.into());
+            headers.insert("x-cete-create-revision", stored.meta.create_revision.into());
+            if head {
+                headers.insert("x-cete-size", stored.meta.size.into());
+            }
+            response
+        }
+        Ok(None) => key_not_found(&key),
+        Err(e) => node_error(e, None),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put(
+    tail: Tail,
+    node: Arc<Cete>,
+    target: RequestTarget,
+    content_type: Option<String>,
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+    body: Bytes,
+) -> Response {
+    let key = match decode_key(tail.as_str()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let precondition = match precondition(if_match.as_deref(), if_none_match.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let command = Command::Put {
+        key,
+        value: body.to_vec(),
+        content_type: content_type
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
+        precondition,
+    };
+    match node.write(command).await {
+        Ok(CommandResult::Written { revision, created }) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(status, json!({"revision": revision}))
+        }
+        Ok(CommandResult::PreconditionFailed { current }) => precondition_failed(current),
+        Ok(other) => node_error(
+            Error::Internal(format!("unexpected apply result {other:?}")),
+            None,
+        ),
+        Err(e) => write_failed(e, &target),
+    }
+}
+
+async fn delete(
+    tail: Tail,
+    node: Arc<Cete>,
+    target: RequestTarget,
+    if_match: Option<String>,
+) -> Response {
+    let key = match decode_key(tail.as_str()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let precondition = match precondition(if_match.as_deref(), None) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match node
+        .write(Command::Delete {
+            key: key.clone(),
+            precondition,
+        })
+        .await
+    {
+        Ok(CommandResult::Deleted { revision }) => {
+            json_response(StatusCode::OK, json!({"revision": revision}))
+        }
+        Ok(CommandResult::NotFound) => key_not_found(&key),
+        Ok(CommandResult::PreconditionFailed { current }) => precondition_failed(current),
+        Ok(other) => node_error(
+            Error::Internal(format!("unexpected apply result {other:?}")),
+            None,
+        ),
+        Err(e) => write_failed(e, &target),
+    }
+}
+
+async fn list(node: Arc<Cete>, query: ListQuery) -> Response {
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_LIST_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return ApiError::bad_request(
+                "InvalidArgument",
+                format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}"),
+            )
+            .into_response()
+        }
+    };
+    let consistency = match parse_consistency(query.consistency.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let prefix = query.prefix.unwrap_or_default().into_bytes();
+    let start_after = query.start_after.map(String::into_bytes);
+    match node.list(prefix, start_after, limit, consistency).await {
+        Ok((entries, more)) => {
+            let next = if more {
+                entries
+                    .last()
+                    .map(|e| String::from_utf8_lossy(&e.key).into_owned())
+            } else {
+                None
+            };
+            let keys: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "key": String::from_utf8_lossy(&e.key),
+                        "revision": e.meta.mod_revision,
+                        "create_revision": e.meta.create_revision,
+                        "size": e.meta.size,
+                        "content_type": e.meta.content_type,
+                    })
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                json!({"keys": keys, "more": more, "next_start_after": next}),
+            )
+        }
+        Err(e) => node_error(e, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_decode_strictly() {
+        assert_eq!(decode_key("a/b/c").unwrap(), b"a/b/c");
+        assert_eq!(decode_key("a%20b%2Fc").unwrap(), b"a b/c");
+        assert_eq!(decode_key("%00%ff").unwrap(), vec![0, 255]);
+        assert_eq!(decode_key("%zz").unwrap_err().code, "InvalidKey");
+        assert_eq!(decode_key("abc%4").unwrap_err().code, "InvalidKey");
+        assert_eq!(decode_key("").unwrap_err().code, "InvalidKey");
+        let long = "k".repeat(crate::MAX_KEY_LEN + 1);
+        assert_eq!(decode_key(&long).unwrap_err().code, "KeyTooLarge");
+        assert!(decode_key(&"k".repeat(crate::MAX_KEY_LEN)).is_ok());
+    }
+
+    #[test]
+    fn preconditions_parse() {
+        assert_eq!(
+            precondition(Some("\"7\""), None).unwrap(),
+            Some(Precondition::RevisionIs(7))
+        );
+        assert_eq!(
+            precondition(None, Some("*")).unwrap(),
+            Some(Precondition::Absent)
+        );
+        assert!(precondition(Some("x"), None).is_err());
+        assert!(precondition(Some("1"), Some("*")).is_err());
+        assert_eq!(precondition(None, None).unwrap(), None);
+    }
+}

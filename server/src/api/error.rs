@@ -1,0 +1,137 @@
+//! One place where failures become HTTP: status, JSON body, headers.
+
+use std::convert::Infallible;
+
+use http::header::{HeaderValue, LOCATION, RETRY_AFTER};
+use http::StatusCode;
+use serde_json::json;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::errors::Error;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status;
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status.is_server_error() {
+            log::warn!("{} {}: {}", status.as_u16(), self.code, self.message);
+        }
+        response
+    }
+}
+
+/// Maps a node error to its response. `redirect_to` is the full URL of the
+/// same request on the leader, for errors that send the client there.
+pub fn node_error(err: Error, redirect_to: Option<String>) -> Response {
+    let (status, code) = match &err {
+        Error::NotLeader(_) => (StatusCode::TEMPORARY_REDIRECT, "NotLeader"),
+        Error::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "NoLeader"),
+        Error::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "OutcomeUnknown"),
+        Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "Timeout"),
+        Error::NodeNotFound(_) => (StatusCode::NOT_FOUND, "NodeNotFound"),
+        Error::MembershipChangeInProgress => (StatusCode::CONFLICT, "MembershipChangeInProgress"),
+        Error::QuorumLoss(_) => (StatusCode::CONFLICT, "QuorumLoss"),
+        Error::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+        Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        Error::PeerUnavailable(_) => (StatusCode::BAD_GATEWAY, "PeerUnavailable"),
+        Error::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
+        Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown"),
+        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+    };
+    if let (Error::NotLeader(hint), Some(location)) = (&err, redirect_to) {
+        let body = json!({
+            "error": {"code": code, "message": err.to_string()},
+            "leader": {"id": hint.id, "http_addr": hint.http_address},
+        });
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&hint.id) {
+            response.headers_mut().insert("x-cete-leader", value);
+        }
+        return response;
+    }
+    let code = if matches!(err, Error::NotLeader(_)) {
+        "NoLeader"
+    } else {
+        code
+    };
+    let status = if matches!(err, Error::NotLeader(_)) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        status
+    };
+    ApiError::new(status, code, err.to_string()).into_response()
+}
+
+/// Routing failures (unknown path, wrong method, bad query, oversized body) as JSON.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let err = if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
+    } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ValueTooLarge",
+            e.to_string(),
+        )
+    } else if let Some(e) = rejection.find::<warp::reject::LengthRequired>() {
+        ApiError::new(StatusCode::LENGTH_REQUIRED, "LengthRequired", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request("InvalidArgument", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request("InvalidArgument", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::MethodNotAllowed>() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            e.to_string(),
+        )
+    } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            e.to_string(),
+        )
+    } else {
+        log::warn!("unhandled rejection: {rejection:?}");
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{rejection:?}"),
+        )
+    };
+    Ok(err.into_response())
+}

@@ -1,0 +1,140 @@
+//! The `/v1` REST API on warp: one file per resource, errors mapped in `error`.
+
+mod cluster;
+mod data;
+pub mod error;
+mod health;
+
+use std::sync::Arc;
+
+use warp::filters::path::FullPath;
+use warp::{Filter, Rejection, Reply};
+
+use crate::errors::LeaderHint;
+use crate::node::{Cete, Consistency};
+use error::ApiError;
+
+/// All routes of the HTTP API, with JSON errors for anything unmatched.
+pub fn routes(
+    node: Arc<Cete>,
+) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    data::routes(node.clone())
+        .or(cluster::routes(node.clone()))
+        .or(health::routes(node))
+        .recover(error::recover)
+        .with(warp::log::custom(|info| {
+            log::debug!(
+                "{} {} {} {:?}",
+                info.method(),
+                info.path(),
+                info.status().as_u16(),
+                info.elapsed()
+            );
+        }))
+}
+
+pub(crate) fn with_node(
+    node: Arc<Cete>,
+) -> impl Filter<Extract = (Arc<Cete>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || node.clone())
+}
+
+/// The path and raw query of the request, to rebuild it on the leader.
+pub(crate) fn request_target() -> impl Filter<Extract = (RequestTarget,), Error = Rejection> + Clone
+{
+    warp::path::full()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::optional::<String>("host"))
+        .map(
+            |path: FullPath, query: String, host: Option<String>| RequestTarget {
+                path: path.as_str().to_string(),
+                query,
+                host,
+            },
+        )
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RequestTarget {
+    path: String,
+    query: String,
+    host: Option<String>,
+}
+
+impl RequestTarget {
+    /// The URL of this request on the leader. A leader address with an empty
+    /// host (`:8001`) is on the host the client already reached.
+    pub fn on_leader(&self, hint: &LeaderHint) -> String {
+        let address = if hint.http_address.starts_with(':') {
+            let host = self
+                .host
+                .as_deref()
+                .map(strip_port)
+                .filter(|h| !h.is_empty())
+                .unwrap_or("127.0.0.1");
+            format!("{host}{}", hint.http_address)
+        } else {
+            hint.http_address.clone()
+        };
+        let query = if self.query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", self.query)
+        };
+        format!("http://{address}{}{query}", self.path)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [::1]:8000
+        return rest
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 2]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+pub(crate) fn parse_consistency(value: Option<&str>) -> Result<Consistency, ApiError> {
+    match value {
+        None | Some("linearizable") | Some("") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(ApiError::bad_request(
+            "InvalidArgument",
+            format!("consistency must be 'linearizable' or 'stale', not '{other}'"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_url_keeps_path_and_query_and_fills_empty_host() {
+        let target = RequestTarget {
+            path: "/v1/data/a/b".into(),
+            query: "consistency=stale".into(),
+            host: Some("example.org:8000".into()),
+        };
+        let hint = LeaderHint {
+            id: "node2".into(),
+            http_address: ":8001".into(),
+            grpc_address: ":9001".into(),
+        };
+        assert_eq!(
+            target.on_leader(&hint),
+            "http://example.org:8001/v1/data/a/b?consistency=stale"
+        );
+        let hint = LeaderHint {
+            http_address: "10.0.0.2:8000".into(),
+            ..hint
+        };
+        assert_eq!(
+            target.on_leader(&hint),
+            "http://10.0.0.2:8000/v1/data/a/b?consistency=stale"
+        );
+        assert_eq!(strip_port("[::1]:8000"), "[::1]");
+    }
+}

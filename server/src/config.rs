@@ -1,0 +1,1035 @@
+//! Server configuration: explicit flag > `CETE_*` environment variable > config file > default.
+//!
+//! Each source is read into a [`Layer`] (setting key -> raw text and where it came from) by
+//! its own function; the layers are merged key by key and only then parsed into the typed
+//! [`Config`]. Parsing once, from text, gives every source the same validation and the same
+//! error message, which names the flag, env var and file key together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::logging::{parse_level, LogSettings};
+
+/// Default size limit for one value, in bytes.
+pub const DEFAULT_MAX_VALUE_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Fully resolved settings of one `cete-server` node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node ID, unique in the cluster.
+    pub id: String,
+    /// Raft (internal gRPC) listen address, `host:port` or `:port`.
+    pub raft_address: String,
+    /// gRPC listen address, `host:port` or `:port`.
+    pub grpc_address: String,
+    /// HTTP (REST /v1) listen address, `host:port` or `:port`.
+    pub http_address: String,
+    /// Host that other nodes dial for addresses with an empty host, such as `:7000`.
+    pub advertise_host: Option<String>,
+    /// RocksDB data and Raft state; defaults to `./cete-data/<id>`.
+    pub data_directory: PathBuf,
+    /// gRPC address of an existing member to join; `None` bootstraps a new cluster.
+    pub peer_grpc_address: Option<String>,
+    /// Canonical lower-case level: error, warn, info, debug, trace or off.
+    pub log_level: String,
+    /// `None` or `/dev/stderr`: stderr; `/dev/stdout`: stdout; anything else: rotating file.
+    pub log_file: Option<PathBuf>,
+    /// Log file size limit in megabytes.
+    pub log_max_size: u64,
+    /// Rotated log files to keep; 0 keeps all.
+    pub log_max_backups: u32,
+    /// Days to keep rotated log files; 0 means no limit.
+    pub log_max_age: u32,
+    /// Gzip rotated log files.
+    pub log_compress: bool,
+    /// Raft log entries between snapshots (at least 1).
+    pub snapshot_threshold: u64,
+    /// Largest accepted value in bytes (at least 1).
+    pub max_value_size: u64,
+    /// The config file that was read, if any (worth logging at start-up).
+    pub config_file: Option<PathBuf>,
+}
+
+/// Command-line flags of `cete-server` (and `cete start`).
+///
+/// Every field is an optional raw string with no clap default and no clap `env`, so that a
+/// value here means "given on the command line" and validation happens in one place for all
+/// sources. Defaults and env vars are listed in the help text by hand for that reason.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "cete-server", version, about = env!("CARGO_PKG_DESCRIPTION"), long_about = None)]
+pub struct ServerArgs {
+    /// Config file (YAML). If omitted, cete.yaml or cete.yml is searched in /etc, then $HOME
+    /// [env: CETE_CONFIG_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub config_file: Option<String>,
+    /// Node ID [default: node1] [env: CETE_ID]
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Raft listen address [default: :7000] [env: CETE_RAFT_ADDRESS]
+    #[arg(long, visible_alias = "bind-addr", value_name = "ADDR")]
+    pub raft_address: Option<String>,
+    /// gRPC listen address [default: :9000] [env: CETE_GRPC_ADDRESS]
+    #[arg(long, visible_alias = "grpc-addr", value_name = "ADDR")]
+    pub grpc_address: Option<String>,
+    /// HTTP listen address [default: :8000] [env: CETE_HTTP_ADDRESS]
+    #[arg(long, visible_alias = "http-addr", value_name = "ADDR")]
+    pub http_address: Option<String>,
+    /// Host other nodes dial when an address has no host, like ":7000" [default: 127.0.0.1]
+    /// [env: CETE_ADVERTISE_HOST]
+    #[arg(long, value_name = "HOST")]
+    pub advertise_host: Option<String>,
+    /// Data directory for the key-value data and Raft log [default: ./cete-data/<id>]
+    /// [env: CETE_DATA_DIRECTORY]
+    #[arg(long, visible_alias = "data-dir", value_name = "DIR")]
+    pub data_directory: Option<String>,
+    /// gRPC address of an existing member to join; empty bootstraps a new cluster
+    /// [env: CETE_PEER_GRPC_ADDRESS]
+    #[arg(long, visible_alias = "peer-grpc-addr", value_name = "ADDR")]
+    pub peer_grpc_address: Option<String>,
+    /// Log level: error, warn, info, debug, trace or off [default: info] [env: CETE_LOG_LEVEL]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log file; empty or /dev/stderr for stderr, /dev/stdout for stdout [default: stderr]
+    /// [env: CETE_LOG_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<String>,
+    /// Rotate the log file beyond this many megabytes [default: 500] [env: CETE_LOG_MAX_SIZE]
+    #[arg(long, value_name = "MB")]
+    pub log_max_size: Option<String>,
+    /// Rotated log files to keep, 0 for all [default: 3] [env: CETE_LOG_MAX_BACKUPS]
+    #[arg(long, value_name = "N")]
+    pub log_max_backups: Option<String>,
+    /// Days to keep rotated log files, 0 for ever [default: 30] [env: CETE_LOG_MAX_AGE]
+    #[arg(long, value_name = "DAYS")]
+    pub log_max_age: Option<String>,
+    /// Gzip rotated log files (--log-compress or --log-compress=false) [default: false]
+    /// [env: CETE_LOG_COMPRESS]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub log_compress: Option<String>,
+    /// Raft log entries between snapshots [default: 10000] [env: CETE_SNAPSHOT_THRESHOLD]
+    #[arg(long, value_name = "N")]
+    pub snapshot_threshold: Option<String>,
+    /// Largest accepted value in bytes [default: 4194304] [env: CETE_MAX_VALUE_SIZE]
+    #[arg(long, value_name = "BYTES")]
+    pub max_value_size: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad command line, or `--help` / `--version`: call [`ConfigError::exit`] or `.exit()`.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// `--config-file` or `CETE_CONFIG_FILE` names a file that does not exist.
+    #[error("config file {path:?} given by {given_by} does not exist")]
+    ConfigFileNotFound {
+        path: PathBuf,
+        given_by: &'static str,
+    },
+    /// The config file exists but could not be read.
+    #[error("cannot read config file {path:?}: {source}")]
+    ConfigFileRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not a YAML mapping of scalars.
+    #[error("invalid config file {path:?}: {message}")]
+    ConfigFileInvalid { path: PathBuf, message: String },
+    /// The config file has a key that is not a setting (likely a typo).
+    #[error("unknown key {key:?} in config file {path:?}; known keys: {}", KEYS.join(", "))]
+    UnknownKey { path: PathBuf, key: String },
+    /// A setting's value does not parse; names flag, env var, key and where it came from.
+    #[error(
+        "invalid value {value:?} for {} ({}, {key}): {expected} ({origin})",
+        flag_name(key),
+        env_name(key)
+    )]
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        expected: String,
+        origin: Source,
+    },
+}
+
+impl ConfigError {
+    /// Prints the error and exits: clap's own handling for `--help`, `--version` and usage
+    /// errors (exit 0 or 2), otherwise the message on stderr and exit 1.
+    pub fn exit(&self) -> ! {
+        match self {
+            ConfigError::Args(e) => e.exit(),
+            other => {
+                eprintln!("cete-server: {other}");
+                std::process::exit(1)
+            }
+        }
+    }
+}
+
+/// Where a raw setting came from; part of error messages so the operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The command line.
+    Flag,
+    /// A `CETE_*` environment variable.
+    Env,
+    /// The config file at this path.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag => f.write_str("from the command line"),
+            Source::Env => f.write_str("from the environment"),
+            Source::File(p) => write!(f, "from config file {}", p.display()),
+        }
+    }
+}
+
+/// Every setting, by its config file key. The flag is `--` plus the key in kebab case and the
+/// env var is `CETE_` plus the key in upper case (as in the original Cete).
+const KEYS: [&str; 15] = [
+    "id",
+    "raft_address",
+    "grpc_address",
+    "http_address",
+    "advertise_host",
+    "data_directory",
+    "peer_grpc_address",
+    "log_level",
+    "log_file",
+    "log_max_size",
+    "log_max_backups",
+    "log_max_age",
+    "log_compress",
+    "snapshot_threshold",
+    "max_value_size",
+];
+
+fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+fn env_name(key: &str) -> String {
+    format!("CETE_{}", key.to_ascii_uppercase())
+}
+
+/// A raw setting value and its origin.
+#[derive(Debug, Clone)]
+struct Given {
+    value: String,
+    source: Source,
+}
+
+/// The settings one source provides, by key.
+type Layer = BTreeMap<&'static str, Given>;
+
+impl Config {
+    /// Loads the configuration of this process: argv, the process environment, `$HOME` and
+    /// `/etc`.
+    pub fn load() -> Result<Config, ConfigError> {
+        // `std::env::vars` panics on non-UTF-8 variables; ours are UTF-8 or rejected as unset.
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
+        Config::load_from(std::env::args_os(), &env, home, PathBuf::from("/etc"))
+    }
+
+    /// The testable core of [`Config::load`]: `args` includes the program name; `env` stands in
+    /// for the process environment; `home` and `etc_dir` are where `cete.yaml` is searched when
+    /// no config file is given.
+    pub fn load_from(
+        args: impl IntoIterator<Item = OsString>,
+        env: &HashMap<String, String>,
+        home: Option<PathBuf>,
+        etc_dir: PathBuf,
+    ) -> Result<Config, ConfigError> {
+        let args = ServerArgs::try_parse_from(args)?;
+        let config_file = find_config_file(&args, env, home.as_deref(), &etc_dir)?;
+        let file = match &config_file {
+            Some(path) => file_layer(path)?,
+            None => Layer::new(),
+        };
+        let merged = merge([flag_layer(&args), env_layer(env), file]);
+        resolve(&merged, config_file)
+    }
+
+    /// A single-node config for tests: the given addresses (use real free ports; port 0 would
+    /// leave peers nothing to dial) and data directory, defaults for everything else.
+    pub fn for_tests(id: &str, raft: &str, grpc: &str, http: &str, dir: &Path) -> Config {
+        Config {
+            id: id.to_string(),
+            raft_address: raft.to_string(),
+            grpc_address: grpc.to_string(),
+            http_address: http.to_string(),
+            data_directory: dir.to_path_buf(),
+            ..resolve(&Layer::new(), None).expect("defaults are valid")
+        }
+    }
+
+    /// The logging part of the configuration, for [`crate::logging::init`].
+    pub fn log_settings(&self) -> LogSettings {
+        LogSettings {
+            level: self.log_level.clone(),
+            file: self.log_file.clone(),
+            max_size_mb: self.log_max_size,
+            max_backups: self.log_max_backups,
+            max_age_days: self.log_max_age,
+            compress: self.log_compress,
+        }
+    }
+}
+
+/// Layer 1: settings given on the command line.
+fn flag_layer(args: &ServerArgs) -> Layer {
+    let given = [
+        ("id", &args.id),
+        ("raft_address", &args.raft_address),
+        ("grpc_address", &args.grpc_address),
+        ("http_address", &args.http_address),
+        ("advertise_host", &args.advertise_host),
+        ("data_directory", &args.data_directory),
+        ("peer_grpc_address", &args.peer_grpc_address),
+        ("log_level", &args.log_level),
+        ("log_file", &args.log_file),
+        ("log_max_size", &args.log_max_size),
+        ("log_max_backups", &args.log_max_backups),
+        ("log_max_age", &args.log_max_age),
+        ("log_compress", &args.log_compress),
+        ("snapshot_threshold", &args.snapshot_threshold),
+        ("max_value_size", &args.max_value_size),
+    ];
+    given
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let value = value.clone()?;
+            Some((
+                key,
+                Given {
+                    value,
+                    source: Source::Flag,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Layer 2: `CETE_<KEY>` environment variables. An empty variable counts as unset, as it
+/// did in the original (viper), so `CETE_ID=` does not blank the ID.
+fn env_layer(env: &HashMap<String, String>) -> Layer {
+    KEYS.iter()
+        .filter_map(|&key| {
+            let value = env.get(&env_name(key)).filter(|v| !v.is_empty())?;
+            Some((
+                key,
+                Given {
+                    value: value.clone(),
+                    source: Source::Env,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The config file to read: `--config-file`, else `CETE_CONFIG_FILE` (both must exist), else
+/// the first existing `cete.yaml`/`cete.yml` in `etc_dir`, then `home`.
+fn find_config_file(
+    args: &ServerArgs,
+    env: &HashMap<String, String>,
+    home: Option<&Path>,
+    etc_dir: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let explicit = match (&args.config_file, env.get("CETE_CONFIG_FILE")) {
+        (Some(p), _) if !p.is_empty() => Some((p, "--config-file")),
+        (_, Some(p)) if !p.is_empty() => Some((p, "CETE_CONFIG_FILE")),
+        _ => None,
+    };
+    if let Some((path, given_by)) = explicit {
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            return Err(ConfigError::ConfigFileNotFound { path, given_by });
+        }
+        return Ok(Some(path));
+    }
+    let dirs = std::iter::once(etc_dir).chain(home);
+    let found = dirs
+        .flat_map(|dir| ["cete.yaml", "cete.yml"].map(|name| dir.join(name)))
+        .find(|p| p.exists());
+    Ok(found)
+}
+
+/// A YAML scalar as text, so that `log_max_size: 500` and `log_max_size: "500"` are the same
+/// and values from every source go through one parser.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Layer 3: the config file, a YAML mapping of the snake_case keys. A `null` value counts as
+/// unset; an unknown key is an error so that typos do not silently fall back to defaults.
+fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ConfigFileRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // An empty document or one holding only comments is YAML null: no settings.
+    let map: Option<BTreeMap<String, Option<Scalar>>> =
+        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::ConfigFileInvalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let mut layer = Layer::new();
+    for (key, value) in map.unwrap_or_default() {
+        let Some(&key) = KEYS.iter().find(|k| **k == key) else {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key,
+            });
+        };
+        if let Some(Scalar(value)) = value {
+            let source = Source::File(path.to_path_buf());
+            layer.insert(key, Given { value, source });
+        }
+    }
+    Ok(layer)
+}
+
+/// Merges layers key by key; earlier layers win.
+fn merge<const N: usize>(layers: [Layer; N]) -> Layer {
+    let mut merged = Layer::new();
+    for layer in layers {
+        for (key, given) in layer {
+            merged.entry(key).or_insert(given);
+        }
+    }
+    merged
+}
+
+/// Parses the merged raw settings into a [`Config`], filling in defaults.
+fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let id = setting(raw, "id", parse_id)?.unwrap_or_else(|| "node1".to_string());
+    let data_directory = setting(raw, "data_directory", parse_non_empty)?
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(".").join("cete-data").join(&id));
+    Ok(Config {
+        raft_address: setting(raw, "raft_address", parse_address)?.unwrap_or(":7000".into()),
+        grpc_address: setting(raw, "grpc_address", parse_address)?.unwrap_or(":9000".into()),
+        http_address: setting(raw, "http_address", parse_address)?.unwrap_or(":8000".into()),
+        advertise_host: setting(raw, "advertise_host", parse_host)?.flatten(),
+        peer_grpc_address: setting(raw, "peer_grpc_address", parse_optional_address)?.flatten(),
+        log_level: setting(raw, "log_level", parse_log_level)?.unwrap_or("info".into()),
+        log_file: setting(raw, "log_file", |v| Ok(PathBuf::from(v)))?
+            .filter(|p| !p.as_os_str().is_empty()),
+        log_max_size: setting(raw, "log_max_size", |v| {
+            parse_at_least(v, 1, "a whole number of megabytes")
+        })?
+        .unwrap_or(500),
+        log_max_backups: setting(raw, "log_max_backups", |v| {
+            parse_u32(v, "a whole number of files (0 keeps all)")
+        })?
+        .unwrap_or(3),
+        log_max_age: setting(raw, "log_max_age", |v| {
+            parse_u32(v, "a whole number of days (0 for no limit)")
+        })?
+        .unwrap_or(30),
+        log_compress: setting(raw, "log_compress", parse_bool)?.unwrap_or(false),
+        snapshot_threshold: setting(raw, "snapshot_threshold", |v| {
+            parse_at_least(v, 1, "a whole number of log entries")
+        })?
+        .unwrap_or(10_000),
+        max_value_size: setting(raw, "max_value_size", |v| {
+            parse_at_least(v, 1, "a whole number of bytes")
+        })?
+        .unwrap_or(DEFAULT_MAX_VALUE_SIZE),
+        id,
+        data_directory,
+        config_file,
+    })
+}
+
+/// Parses one raw setting if present; a failure names the setting and where it came from.
+fn setting<T>(
+    raw: &Layer,
+    key: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    let Some(given) = raw.get(key) else {
+        return Ok(None);
+    };
+    parse(&given.value)
+        .map(Some)
+        .map_err(|expected| ConfigError::InvalidValue {
+            key,
+            value: given.value.clone(),
+            expected,
+            origin: given.source.clone(),
+        })
+}
+
+/// IDs become the default data directory name, so they must be a plain path component.
+fn parse_id(v: &str) -> Result<String, String> {
+    let plain = !v.is_empty()
+        && v != "."
+        && v != ".."
+        && !v
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_whitespace() || c.is_control());
+    if plain {
+        Ok(v.to_string())
+    } else {
+        Err("expected a non-empty node ID without whitespace or slashes".into())
+    }
+}
+
+fn parse_non_empty(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        Err("expected a non-empty path".into())
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+fn parse_address(v: &str) -> Result<String, String> {
+    split_host_port(v)?;
+    Ok(v.to_string())
+}
+
+/// Empty means "not set", so an explicit `--peer-grpc-address=` can cancel a file's value.
+fn parse_optional_address(v: &str) -> Result<Option<String>, String> {
+    if v.is_empty() {
+        Ok(None)
+    } else {
+        parse_address(v).map(Some)
+    }
+}
+
+/// A bare host name or IP (IPv6 with or without brackets); empty means "not set".
+fn parse_host(v: &str) -> Result<Option<String>, String> {
+    const EXPECTED: &str = "expected a host name or IP address without a port";
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if v.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(EXPECTED.into());
+    }
+    if v.contains(':') {
+        let bare = v
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(v);
+        if bare.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(EXPECTED.into());
+        }
+    }
+    Ok(Some(v.to_string()))
+}
+
+fn parse_log_level(v: &str) -> Result<String, String> {
+    parse_level(v)
+        .map(|l| l.to_string().to_ascii_lowercase())
+        .ok_or_else(|| "expected one of error, warn, info, debug, trace, off".into())
+}
+
+fn parse_at_least(v: &str, min: u64, expected: &str) -> Result<u64, String> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!("expected {expected}, at least {min}")),
+    }
+}
+
+fn parse_u32(v: &str, expected: &str) -> Result<u32, String> {
+    v.trim()
+        .parse::<u32>()
+        .map_err(|_| format!("expected {expected}"))
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "t" | "1" | "yes" | "on" => Ok(true),
+        "false" | "f" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Splits `host:port` or `:port` (IPv6 hosts in brackets); the host may be empty.
+fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+    let expected = || "expected host:port or :port with a port from 0 to 65535".to_string();
+    let (host, port) = addr.rsplit_once(':').ok_or_else(expected)?;
+    let port: u16 = port.parse().map_err(|_| expected())?;
+    let host = match host.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']').ok_or_else(expected)?,
+        None if host.contains(':') => return Err(expected()),
+        None => host,
+    };
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(expected());
+    }
+    Ok((host, port))
+}
+
+/// The socket address to bind for a configured address: `:7000` listens on all IPv4
+/// interfaces; a name is resolved, preferring IPv4 (peers dial `127.0.0.1` for `:port`).
+pub fn listen_addr(addr: &str) -> Result<SocketAddr, String> {
+    let (host, port) = split_host_port(addr).map_err(|e| format!("{addr:?}: {e}"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+/// The address other nodes should dial for a configured address. A missing or wildcard host
+/// (`:7000`, `0.0.0.0:7000`, `[::]:7000`) is replaced by `advertise_host`, or `127.0.0.1` when
+/// that is not set; anything else is returned unchanged.
+pub fn dial_addr(addr: &str, advertise_host: Option<&str>) -> String {
+    let Ok((host, port)) = split_host_port(addr) else {
+        return addr.to_string();
+    };
+    if !(host.is_empty() || host == "0.0.0.0" || host == "::") {
+        return addr.to_string();
+    }
+    let host = advertise_host.unwrap_or("127.0.0.1");
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// A test world: a temp dir holding an `etc` dir and a `home` dir, plus an env map.
+    struct World {
+        dir: tempfile::TempDir,
+        env: HashMap<String, String>,
+    }
+
+    impl World {
+        fn new() -> World {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("etc")).unwrap();
+            std::fs::create_dir(dir.path().join("home")).unwrap();
+            World {
+                dir,
+                env: HashMap::new(),
+            }
+        }
+        fn env(mut self, key: &str, value: &str) -> World {
+            self.env.insert(key.into(), value.into());
+            self
+        }
+        fn file(self, rel: &str, yaml: &str) -> World {
+            std::fs::write(self.dir.path().join(rel), yaml).unwrap();
+            self
+        }
+        fn path(&self, rel: &str) -> PathBuf {
+            self.dir.path().join(rel)
+        }
+        fn load(&self, flags: &[&str]) -> Result<Config, ConfigError> {
+            let args = std::iter::once("cete-server")
+                .chain(flags.iter().copied())
+                .map(OsString::from);
+            Config::load_from(args, &self.env, Some(self.path("home")), self.path("etc"))
+        }
+    }
+
+    #[test]
+    fn defaults_with_no_flags() {
+        let c = World::new().load(&[]).unwrap();
+        assert_eq!(c.id, "node1");
+        assert_eq!(c.raft_address, ":7000");
+        assert_eq!(c.grpc_address, ":9000");
+        assert_eq!(c.http_address, ":8000");
+        assert_eq!(c.advertise_host, None);
+        assert_eq!(c.data_directory, Path::new("./cete-data/node1"));
+        assert_eq!(c.peer_grpc_address, None);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_file, None);
+        assert_eq!(
+            (
+                c.log_max_size,
+                c.log_max_backups,
+                c.log_max_age,
+                c.log_compress
+            ),
+            (500, 3, 30, false)
+        );
+        assert_eq!(c.snapshot_threshold, 10_000);
+        assert_eq!(c.max_value_size, 4 * 1024 * 1024);
+        assert_eq!(c.config_file, None);
+    }
+
+    #[test]
+    fn data_directory_default_follows_the_final_id() {
+        let w = World::new().env("CETE_ID", "node7");
+        assert_eq!(
+            w.load(&[]).unwrap().data_directory,
+            Path::new("./cete-data/node7")
+        );
+        let c = w.load(&["--id", "node9"]).unwrap();
+        assert_eq!(c.data_directory, Path::new("./cete-data/node9"));
+        let c = w.load(&["--data-dir", "/d"]).unwrap();
+        assert_eq!(c.data_directory, Path::new("/d"));
+    }
+
+    #[test]
+    fn precedence_is_flag_then_env_then_file_then_default() {
+        let w = World::new()
+            .file(
+                "etc/cete.yaml",
+                "id: file-id\nraft_address: ':7100'\ngrpc_address: ':9100'\nlog_max_size: 7\n",
+            )
+            .env("CETE_ID", "env-id")
+            .env("CETE_RAFT_ADDRESS", ":7200");
+        let c = w.load(&["--id=flag-id"]).unwrap();
+        assert_eq!(c.id, "flag-id"); // flag > env > file
+        assert_eq!(c.raft_address, ":7200"); // env > file
+        assert_eq!(c.grpc_address, ":9100"); // file > default
+        assert_eq!(c.http_address, ":8000"); // default
+        assert_eq!(c.log_max_size, 7);
+        assert_eq!(c.config_file, Some(w.path("etc/cete.yaml")));
+        let c = w.load(&[]).unwrap();
+        assert_eq!(c.id, "env-id");
+    }
+
+    #[test]
+    fn numbers_and_bools_from_every_source() {
+        let w = World::new()
+            .file(
+                "home/cete.yml",
+                "log_compress: true\nsnapshot_threshold: 5\n",
+            )
+            .env("CETE_MAX_VALUE_SIZE", "1024");
+        let c = w.load(&["--log-max-backups", "0"]).unwrap();
+        assert!(c.log_compress);
+        assert_eq!(c.snapshot_threshold, 5);
+        assert_eq!(c.max_value_size, 1024);
+        assert_eq!(c.log_max_backups, 0);
+        assert!(!w.load(&["--log-compress=false"]).unwrap().log_compress);
+        let w = World::new().env("CETE_LOG_COMPRESS", "false");
+        assert!(w.load(&["--log-compress"]).unwrap().log_compress);
+    }
+
+    #[test]
+    fn both_flag_spellings_are_accepted() {
+        let w = World::new();
+        let long = [
+            "--raft-address=:1",
+            "--grpc-address=:2",
+            "--http-address=:3",
+            "--data-directory=/x",
+            "--peer-grpc-address=h:4",
+        ];
+        let short = [
+            "--bind-addr=:1",
+            "--grpc-addr=:2",
+            "--http-addr=:3",
+            "--data-dir=/x",
+            "--peer-grpc-addr=h:4",
+        ];
+        for flags in [long, short] {
+            let c = w.load(&flags).unwrap();
+            assert_eq!(
+                (
+                    c.raft_address.as_str(),
+                    c.grpc_address.as_str(),
+                    c.http_address.as_str()
+                ),
+                (":1", ":2", ":3")
+            );
+            assert_eq!(c.data_directory, Path::new("/x"));
+            assert_eq!(c.peer_grpc_address.as_deref(), Some("h:4"));
+        }
+    }
+
+    #[test]
+    fn tls_flags_are_rejected_for_now() {
+        let w = World::new();
+        for flag in [
+            "--certificate-file=c.pem",
+            "--cert-file=c.pem",
+            "--key-file=k.pem",
+            "--common-name=localhost",
+            "--cert-hostname=localhost",
+        ] {
+            match w.load(&[flag]) {
+                Err(ConfigError::Args(e)) => {
+                    assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{flag}")
+                }
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let w = World::new().file("etc/cete.yaml", "id: a\nlog_max_sizes: 5\n");
+        let err = w.load(&[]).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+        assert!(err.to_string().contains("\"log_max_sizes\""), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_flag_env_and_key_and_source() {
+        let w = World::new();
+        let err = w.load(&["--log-max-size", "abc"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid value \"abc\" for --log-max-size (CETE_LOG_MAX_SIZE, log_max_size): \
+                 expected a whole number of megabytes"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("command line"), "{err}");
+
+        let err = World::new()
+            .env("CETE_LOG_LEVEL", "loud")
+            .load(&[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--log-level (CETE_LOG_LEVEL, log_level)") && err.contains("environment"),
+            "{err}"
+        );
+
+        let w = World::new().file("etc/cete.yaml", "snapshot_threshold: 0\n");
+        let err = w.load(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("--snapshot-threshold (CETE_SNAPSHOT_THRESHOLD, snapshot_threshold)")
+                && err.contains("cete.yaml"),
+            "{err}"
+        );
+
+        for bad in ["7000", "host:", "host:70000", "a:b:1", "[::1:7000"] {
+            let err = w.load(&["--raft-address", bad]).unwrap_err().to_string();
+            assert!(err.contains("--raft-address"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_level_spellings_and_log_file_special_values() {
+        let w = World::new();
+        assert_eq!(w.load(&["--log-level=ERR"]).unwrap().log_level, "error");
+        assert_eq!(w.load(&["--log-level=Warning"]).unwrap().log_level, "warn");
+        assert_eq!(w.load(&["--log-level=DEBUG"]).unwrap().log_level, "debug");
+        assert_eq!(w.load(&["--log-file="]).unwrap().log_file, None);
+        let c = w.load(&["--log-file=/dev/stdout"]).unwrap();
+        assert_eq!(c.log_file.as_deref(), Some(Path::new("/dev/stdout")));
+    }
+
+    #[test]
+    fn empty_values_mean_unset_where_documented() {
+        let w = World::new()
+            .file("etc/cete.yaml", "peer_grpc_address: ':9000'\n")
+            .env("CETE_ID", "");
+        let c = w.load(&["--peer-grpc-address="]).unwrap();
+        assert_eq!(c.id, "node1", "empty env var is unset");
+        assert_eq!(
+            c.peer_grpc_address, None,
+            "empty flag cancels the file value"
+        );
+        assert!(
+            w.load(&["--id="]).is_err(),
+            "an explicitly empty ID is invalid"
+        );
+    }
+
+    #[test]
+    fn missing_explicit_config_file_is_an_error() {
+        let w = World::new();
+        let missing = w.path("nope.yaml");
+        let err = w
+            .load(&["--config-file", missing.to_str().unwrap()])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::ConfigFileNotFound {
+                    given_by: "--config-file",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let w = w.env("CETE_CONFIG_FILE", missing.to_str().unwrap());
+        assert!(matches!(
+            w.load(&[]).unwrap_err(),
+            ConfigError::ConfigFileNotFound {
+                given_by: "CETE_CONFIG_FILE",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn explicit_config_file_replaces_the_search() {
+        let w = World::new()
+            .file("etc/cete.yaml", "id: from-etc\n")
+            .file("mine.yaml", "id: mine\n");
+        let mine = w.path("mine.yaml");
+        let c = w.load(&["--config-file", mine.to_str().unwrap()]).unwrap();
+        assert_eq!(c.id, "mine");
+        assert_eq!(w.load(&[]).unwrap().id, "from-etc");
+    }
+
+    #[test]
+    fn etc_is_searched_before_home() {
+        let w = World::new()
+            .file("etc/cete.yml", "id: etc\n")
+            .file("home/cete.yaml", "id: home\n");
+        assert_eq!(w.load(&[]).unwrap().id, "etc");
+    }
+
+    #[test]
+    fn empty_comment_only_and_invalid_files() {
+        let w = World::new().file("etc/cete.yaml", "");
+        assert_eq!(w.load(&[]).unwrap().id, "node1");
+        let w = World::new().file("etc/cete.yaml", "# nothing yet\nid: ~\n");
+        assert_eq!(w.load(&[]).unwrap().id, "node1");
+        let w = World::new().file("etc/cete.yaml", "id: [a, b]\n");
+        let err = w.load(&[]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::ConfigFileInvalid { .. }),
+            "{err}"
+        );
+        let w = World::new().file("etc/cete.yaml", "- just\n- a list\n");
+        assert!(matches!(
+            w.load(&[]).unwrap_err(),
+            ConfigError::ConfigFileInvalid { .. }
+        ));
+    }
+
+    #[test]
+    fn help_and_version_are_clap_errors_for_exit() {
+        for flag in ["--help", "--version"] {
+            assert!(matches!(
+                World::new().load(&[flag]),
+                Err(ConfigError::Args(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_flag() {
+        let ids: Vec<String> = ServerArgs::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for key in KEYS {
+            assert!(ids.iter().any(|id| id == key), "no flag for {key}");
+        }
+        ServerArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn for_tests_uses_given_addresses_and_dir() {
+        let c = Config::for_tests(
+            "n2",
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "127.0.0.1:3",
+            Path::new("/t"),
+        );
+        assert_eq!(c.id, "n2");
+        assert_eq!(c.grpc_address, "127.0.0.1:2");
+        assert_eq!(c.data_directory, Path::new("/t"));
+        assert_eq!(c.snapshot_threshold, 10_000);
+        let s = c.log_settings();
+        assert_eq!((s.level.as_str(), s.max_size_mb), ("info", 500));
+    }
+
+    #[test]
+    fn listen_and_dial_addresses() {
+        assert_eq!(
+            listen_addr(":7000").unwrap(),
+            "0.0.0.0:7000".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("127.0.0.1:7000").unwrap(),
+            "127.0.0.1:7000".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("[::1]:7000").unwrap(),
+            "[::1]:7000".parse().unwrap()
+        );
+        let local = listen_addr("localhost:7000").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 7000);
+        assert!(listen_addr("7000").is_err());
+
+        assert_eq!(dial_addr(":7000", None), "127.0.0.1:7000");
+        assert_eq!(dial_addr(":7000", Some("node-a.svc")), "node-a.svc:7000");
+        assert_eq!(dial_addr("0.0.0.0:7000", Some("10.0.0.5")), "10.0.0.5:7000");
+        assert_eq!(dial_addr(":7000", Some("fd00::1")), "[fd00::1]:7000");
+        assert_eq!(dial_addr("10.1.1.1:7000", Some("x")), "10.1.1.1:7000");
+        assert_eq!(dial_addr("localhost:7000", None), "localhost:7000");
+    }
+
+    #[test]
+    fn advertise_host_is_validated() {
+        let w = World::new();
+        let c = w.load(&["--advertise-host=10.0.0.5"]).unwrap();
+        assert_eq!(c.advertise_host.as_deref(), Some("10.0.0.5"));
+        assert!(w.load(&["--advertise-host=fd00::1"]).is_ok());
+        let err = w
+            .load(&["--advertise-host=h:7000"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--advertise-host (CETE_ADVERTISE_HOST, advertise_host)"),
+            "{err}"
+        );
+    }
+}

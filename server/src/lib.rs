@@ -1,0 +1,288 @@
+//! Cete server: a key-value store on RocksDB, kept consistent by Raft
+//! (openraft), served over an HTTP/JSON API (warp), with Raft and peer
+//! control traffic over gRPC (tonic).
+//!
+//! [`start_node`] starts everything; the binary and the tests both call it.
+
+pub mod api;
+pub mod config;
+pub mod errors;
+pub mod logging;
+pub mod node;
+pub mod raft;
+pub mod store;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::storage::RaftLogStorage;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+use node::Cete;
+use raft::network::{ChannelPool, Network};
+use raft::peer::{PeerClient, PeerService};
+use raft::service::RaftService;
+use raft::{node_id_of, NodeInfo};
+
+/// Keys longer than this are refused.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// Generated gRPC code for `proto/`.
+pub mod proto {
+    pub mod raft {
+        tonic::include_proto!("cete.raft");
+    }
+    pub mod peer {
+        tonic::include_proto!("cete.peer");
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub node: Arc<Cete>,
+    pub http_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops accepting requests, lets in-flight ones finish, stops Raft and
+    /// closes RocksDB.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+        if let Err(e) = self.node.raft.shutdown().await {
+            log::warn!("raft shutdown: {e}");
+        }
+        log::info!("node {} stopped", self.node.info.name);
+    }
+}
+
+/// The address to advertise for a listener: as configured, with the real
+/// port if the configured one was 0, and the advertise host if the host part is empty.
+fn advertised(configured: &str, bound: SocketAddr, advertise_host: Option<&str>) -> String {
+    let (host, port) = configured.rsplit_once(':').unwrap_or(("", configured));
+    let port = if port == "0" {
+        bound.port().to_string()
+    } else {
+        port.to_string()
+    };
+    let host = if host.is_empty() {
+        advertise_host.unwrap_or("")
+    } else {
+        host
+    };
+    format!("{host}:{port}")
+}
+
+async fn bind(setting: &str, address: &str) -> anyhow::Result<TcpListener> {
+    let addr =
+        config::listen_addr(address).map_err(|e| anyhow::anyhow!("{setting} {address}: {e}"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {setting} {address}"))
+}
+
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let raft = openraft::Config {
+        cluster_name: "cete".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 750,
+        election_timeout_max: 1500,
+        install_snapshot_timeout: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+        max_in_snapshot_log_to_keep: config.snapshot_threshold.min(1000),
+        ..Default::default()
+    };
+    raft.validate().context("raft configuration")
+}
+
+/// Starts a node: storage, Raft, the gRPC listeners and the HTTP API. A node
+/// with no peer address and no state bootstraps a one-member cluster; with a
+/// peer address it asks that peer to add it.
+pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
+    let raft_listener = bind("--raft-address", &config.raft_address).await?;
+    let grpc_listener = bind("--grpc-address", &config.grpc_address).await?;
+    let http_listener = bind("--http-address", &config.http_address).await?;
+    let (raft_addr, grpc_addr, http_addr) = (
+        raft_listener.local_addr()?,
+        grpc_listener.local_addr()?,
+        http_listener.local_addr()?,
+    );
+    let advertise_host = config.advertise_host.as_deref();
+    let info = NodeInfo {
+        name: config.id.clone(),
+        raft_address: advertised(&config.raft_address, raft_addr, advertise_host),
+        grpc_address: advertised(&config.grpc_address, grpc_addr, advertise_host),
+        http_address: advertised(&config.http_address, http_addr, advertise_host),
+    };
+    let id = node_id_of(&info.name);
+
+    let (mut log_store, state_machine) =
+        store::open(&config.data_directory).await.with_context(|| {
+            format!(
+                "opening --data-directory {}",
+                config.data_directory.display()
+            )
+        })?;
+    let ready_after = log_store
+        .read_committed()
+        .await
+        .context("reading the committed index")?
+        .map_or(0, |l| l.index);
+    let reader = state_machine.reader();
+    let pool = ChannelPool::new(tls::ClientTls::default());
+    let raft = openraft::Raft::new(
+        id,
+        Arc::new(raft_config(&config)?),
+        Network::new(pool.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+    let node = Arc::new(Cete::new(
+        info.clone(),
+        raft.clone(),
+        reader,
+        pool.clone(),
+        ready_after,
+        config.max_value_size,
+    ));
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = Vec::new();
+    let raft_server = tonic::transport::Server::builder()
+        .add_service(
+            proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
+                .max_decoding_message_size(256 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(raft_listener),
+            stopped(shutdown_rx.clone()),
+        );
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = raft_server.await {
+            log::error!("raft listener failed: {e}");
+        }
+    }));
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(proto::peer::peer_server::PeerServer::new(PeerService::new(
+            node.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            stopped(shutdown_rx.clone()),
+        );
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = peer_server.await {
+            log::error!("peer listener failed: {e}");
+        }
+    }));
+    let http = warp::serve(api::routes(node.clone()))
+        .incoming(http_listener)
+        .graceful(stopped(shutdown_rx.clone()));
+    servers.push(tokio::spawn(http.run()));
+
+    let peer = config
+        .peer_grpc_address
+        .clone()
+        .filter(|p| !p.is_empty() && *p != config.grpc_address && *p != info.grpc_address);
+    let initialized = raft.is_initialized().await.context("reading raft state")?;
+    match (initialized, peer) {
+        (false, None) => {
+            log::info!("bootstrapping a new cluster with {info}");
+            raft.initialize(BTreeMap::from([(id, info.clone())]))
+                .await
+                .context("bootstrapping the cluster")?;
+        }
+        (_, Some(peer)) => {
+            let member = node.node_status().member;
+            if !member {
+                servers.push(tokio::spawn(join_until_member(
+                    node.clone(),
+                    PeerClient::new(pool),
+                    peer,
+                    shutdown_rx.clone(),
+                )));
+            }
+        }
+        (true, None) => {}
+    }
+    log::info!(
+        "node {} up: raft {raft_addr}, grpc {grpc_addr}, http {http_addr}, data {}",
+        info.name,
+        config.data_directory.display()
+    );
+    Ok(NodeHandle {
+        node,
+        http_addr,
+        raft_addr,
+        grpc_addr,
+        shutdown,
+        servers,
+    })
+}
+
+/// Asks `peer` to add this node until it is a member (or the node stops).
+async fn join_until_member(
+    node: Arc<Cete>,
+    peers: PeerClient,
+    peer: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if node.node_status().voter {
+            return;
+        }
+        match peers.join(&peer, &node.info).await {
+            Ok(()) => {
+                log::info!("joined the cluster through {peer}");
+                return;
+            }
+            Err(e) => log::warn!("join through {peer} failed, retrying: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_addresses() {
+        let bound: SocketAddr = "0.0.0.0:7123".parse().unwrap();
+        assert_eq!(advertised(":7000", bound, None), ":7000");
+        assert_eq!(advertised(":0", bound, None), ":7123");
+        assert_eq!(
+            advertised(":7000", bound, Some("node1.cete")),
+            "node1.cete:7000"
+        );
+        assert_eq!(
+            advertised("10.0.0.1:7000", bound, Some("x")),
+            "10.0.0.1:7000"
+        );
+        assert_eq!(advertised("127.0.0.1:0", bound, None), "127.0.0.1:7123");
+    }
+}

@@ -1,0 +1,425 @@
+//! The node: what every API call reaches. Writes are proposed through Raft,
+//! reads wait for the right point in the log, membership changes go through
+//! the leader. The API layer knows nothing of RocksDB; this layer knows
+//! nothing of HTTP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+
+use crate::errors::{Error, LeaderHint, Result};
+use crate::raft::network::ChannelPool;
+use crate::raft::peer::PeerClient;
+use crate::raft::typ::{CheckIsLeaderError, Raft, RaftMetrics};
+use crate::raft::{node_id_of, Command, CommandResult, NodeId, NodeInfo};
+use crate::store::state_machine::{KeyEntry, KvReader};
+use crate::store::value::StoredValue;
+
+/// How long a write may wait for its commit before its outcome is reported unknown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a linearizable read may wait for its read index.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Read index from the leader, then a local read once applied that far.
+    Linearizable,
+    /// Local state, at once.
+    Stale,
+}
+
+/// A member as shown by `/v1/cluster`.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub info: NodeInfo,
+    pub state: String,
+    pub voter: bool,
+}
+
+/// What this node knows about itself, for `/v1/node`.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub info: NodeInfo,
+    pub state: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub last_applied: u64,
+    pub member: bool,
+    pub voter: bool,
+}
+
+pub struct Cete {
+    pub info: NodeInfo,
+    pub id: NodeId,
+    pub raft: Raft,
+    reader: KvReader,
+    peers: PeerClient,
+    /// Applied index this node must reach before it calls itself ready.
+    ready_after: u64,
+    pub max_value_size: u64,
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Candidate => "Candidate",
+        ServerState::Learner => "Learner",
+        ServerState::Shutdown => "Shutdown",
+    }
+}
+
+impl Cete {
+    pub fn new(
+        info: NodeInfo,
+        raft: Raft,
+        reader: KvReader,
+        pool: ChannelPool,
+        ready_after: u64,
+        max_value_size: u64,
+    ) -> Cete {
+        Cete {
+            id: node_id_of(&info.name),
+            info,
+            raft,
+            reader,
+            peers: PeerClient::new(pool),
+            ready_after,
+            max_value_size,
+        }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn reader(&self) -> &KvReader {
+        &self.reader
+    }
+
+    /// The current leader's addresses, if one is known.
+    pub fn leader_hint(&self) -> Option<LeaderHint> {
+        let metrics = self.metrics();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some(LeaderHint {
+            id: node.name,
+            http_address: node.http_address,
+            grpc_address: node.grpc_address,
+        })
+    }
+
+    fn not_leader(&self) -> Error {
+        match self.leader_hint() {
+            Some(hint) if hint.id != self.info.name => Error::NotLeader(hint),
+            _ => Error::NoLeader,
+        }
+    }
+
+    fn write_error(&self, err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Error {
+        match err {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(_), Some(node)) if node.name != self.info.name => {
+                        Error::NotLeader(LeaderHint {
+                            id: node.name,
+                            http_address: node.http_address,
+                            grpc_address: node.grpc_address,
+                        })
+                    }
+                    _ => Error::NoLeader,
+                }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
+                openraft::error::ChangeMembershipError::InProgress(_) => {
+                    Error::MembershipChangeInProgress
+                }
+                other => Error::Conflict(other.to_string()),
+            },
+            // The entry may or may not have been replicated before Raft stopped.
+            RaftError::Fatal(fatal) => Error::OutcomeUnknown(fatal.to_string()),
+        }
+    }
+
+    /// Proposes a command and waits until it is applied.
+    pub async fn write(&self, command: Command) -> Result<CommandResult> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
+            Err(_) => Err(Error::OutcomeUnknown(format!(
+                "not committed within {}s",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(err)) => Err(self.write_error(err)),
+        }
+    }
+
+    /// The log index a linearizable read must see, from this node if it
+    /// leads, else from the leader over gRPC.
+    async fn read_index(&self) -> Result<u64> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                let hint = match self.not_leader() {
+                    Error::NotLeader(hint) => hint,
+                    other => return Err(other),
+                };
+                self.peers.read_index(&hint.grpc_address).await
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
+                Error::Timeout(format!("leadership not confirmed by a quorum: {e}")),
+            ),
+            Err(RaftError::Fatal(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Serves as leader for a follower's read: confirms leadership with a
+    /// quorum and returns the index to wait for.
+    pub async fn leader_read_index(&self) -> Result<u64> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
+                Error::Timeout(format!("leadership not confirmed by a quorum: {e}")),
+            ),
+            Err(RaftError::Fatal(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let index = tokio::time::timeout(READ_TIMEOUT, self.read_index())
+            .await
+            .map_err(|_| Error::Timeout("no read index from the leader in time".into()))??;
+        self.raft
+            .wait(Some(READ_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| {
+                Error::Timeout(format!("not applied up to the read index {index}: {e}"))
+            })?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: Vec<u8>, consistency: Consistency) -> Result<Option<StoredValue>> {
+        self.read_barrier(consistency).await?;
+        self.reader
+            .get(key)
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    pub async fn list(
+        &self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<KeyEntry>, bool)> {
+        self.read_barrier(consistency).await?;
+        self.reader
+            .list(prefix, start_after, limit)
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    pub fn node_status(&self) -> NodeStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let member = membership.get_node(&self.id).is_some();
+        let voter = membership.voter_ids().any(|id| id == self.id);
+        let ever_joined = m.membership_config.log_id().is_some();
+        let state = if !member && ever_joined {
+            "Removed"
+        } else {
+            state_name(m.state)
+        };
+        NodeStatus {
+            info: self.info.clone(),
+            state: state.to_string(),
+            leader: self.leader_hint().map(|h| h.id),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            member,
+            voter,
+        }
+    }
+
+    /// Every member from the replicated membership, with its role as this node sees it.
+    pub fn cluster_status(&self) -> (BTreeMap<String, MemberStatus>, Option<String>) {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut nodes = BTreeMap::new();
+        for (id, info) in membership.nodes() {
+            let voter = voters.contains(id);
+            let state = if Some(*id) == m.current_leader {
+                "Leader"
+            } else if voter {
+                "Follower"
+            } else {
+                "Learner"
+            };
+            nodes.insert(
+                info.name.clone(),
+                MemberStatus {
+                    info: info.clone(),
+                    state: state.to_string(),
+                    voter,
+                },
+            );
+        }
+        (nodes, self.leader_hint().map(|h| h.id))
+    }
+
+    /// Ready: a leader is known and everything committed before start is applied.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        let m = self.metrics();
+        if m.current_leader.is_none() {
+            return Err("no known leader".into());
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if applied < self.ready_after {
+            return Err(format!(
+                "applied index {applied} is behind the commit index {} known at startup",
+                self.ready_after
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds `node` as a learner, lets it catch up, then promotes it to voter.
+    /// Idempotent for a member that joins again with the same addresses.
+    pub async fn join(&self, node: NodeInfo) -> Result<()> {
+        let id = node_id_of(&node.name);
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return Err(self.not_leader());
+        }
+        let membership = m.membership_config.membership();
+        if let Some(existing) = membership.get_node(&id) {
+            if existing.name != node.name {
+                return Err(Error::Conflict(format!(
+                    "node id '{}' collides with member '{}'; choose another id",
+                    node.name, existing.name
+                )));
+            }
+            if existing != &node {
+                return Err(Error::Conflict(format!(
+                    "node '{}' is already a member with other addresses ({existing}); remove it first",
+                    node.name
+                )));
+            }
+            if membership.voter_ids().any(|v| v == id) {
+                return Ok(());
+            }
+        } else {
+            log::info!("adding {node} as a learner");
+            self.raft
+                .add_learner(id, node.clone(), true)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        }
+        log::info!("promoting {} to voter", node.name);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    /// Removes a member (voter or learner). The leader may remove itself:
+    /// leadership moves on once the new configuration commits.
+    pub async fn leave(&self, name: &str) -> Result<()> {
+        let id = node_id_of(name);
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return Err(self.not_leader());
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Error::NodeNotFound(name.to_string()));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+            if remaining.is_empty() {
+                return Err(Error::QuorumLoss("cannot remove the last voter".into()));
+            }
+            self.check_quorum_after(&m, &remaining)?;
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a change whose new voter set has no live majority, as far as
+    /// the leader's replication progress tells.
+    fn check_quorum_after(&self, m: &RaftMetrics, remaining: &BTreeSet<NodeId>) -> Result<()> {
+        let Some(replication) = &m.replication else {
+            return Ok(());
+        };
+        let last = m.last_log_index.unwrap_or(0);
+        let live = remaining
+            .iter()
+            .filter(|id| {
+                **id == self.id
+                    || replication
+                        .get(id)
+                        .and_then(|matched| *matched)
+                        .is_some_and(|matched| matched.index + 1000 >= last)
+            })
+            .count();
+        if live * 2 <= remaining.len() {
+            return Err(Error::QuorumLoss(format!(
+                "only {live} of the {} remaining voters are in contact with the leader",
+                remaining.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks the node at `grpc_address` who it is, for joins by address.
+    pub async fn fetch_node_info(&self, grpc_address: &str) -> Result<NodeInfo> {
+        self.peers.node_info(grpc_address).await
+    }
+
+    /// Builds a Raft snapshot now (which purges the log behind it).
+    pub async fn trigger_snapshot(&self) -> Result<u64> {
+        let before = self.metrics().snapshot.map(|l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let applied = self.metrics().last_applied.map(|l| l.index);
+        if applied.is_none() || applied == before {
+            return Ok(before.unwrap_or(0));
+        }
+        let m = self
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(|m| m.snapshot.map(|l| l.index) >= applied, "snapshot built")
+            .await
+            .map_err(|e| Error::Timeout(e.to_string()))?;
+        Ok(m.snapshot.map_or(0, |l| l.index))
+    }
+}

@@ -1,0 +1,177 @@
+//! The tonic client side of Raft: how this node sends votes, appends and
+//! snapshot chunks to its peers. Channels are pooled per address and
+//! reconnect on their own after failures; every call has a deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, NodeInfo, TypeConfig};
+use crate::proto::raft::raft_client::RaftClient;
+use crate::proto::raft::{RaftPayload, RaftReply};
+use crate::tls::ClientTls;
+
+/// Opens (lazily) and caches one gRPC channel per peer address.
+#[derive(Clone)]
+pub struct ChannelPool {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: ClientTls,
+}
+
+impl ChannelPool {
+    pub fn new(tls: ClientTls) -> ChannelPool {
+        ChannelPool {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
+    /// A channel to `address` (`host:port`, or `:port` for this host).
+    pub fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("pool lock is never poisoned");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let target = crate::config::dial_addr(address, None);
+        let endpoint = Endpoint::from_shared(format!("{}://{target}", self.tls.scheme()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = self.tls.configure(endpoint)?;
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+pub struct Network {
+    pool: ChannelPool,
+}
+
+impl Network {
+    pub fn new(pool: ChannelPool) -> Network {
+        Network { pool }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
+        PeerConnection {
+            target,
+            node: node.clone(),
+            client: self.pool.channel(&node.raft_address).map(RaftClient::new),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    node: NodeInfo,
+    client: Result<RaftClient<Channel>, tonic::transport::Error>,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("in-memory encoding of our own types cannot fail")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(raw, bincode::config::standard()).map(|(value, _)| value)
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: &'static str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
+        };
+        let mut client = client;
+        let mut req = tonic::Request::new(RaftPayload {
+            data: encode(request),
+        });
+        req.set_timeout(option.hard_ttl());
+        let reply = match method {
+            "vote" => client.vote(req).await,
+            "append_entries" => client.append_entries(req).await,
+            _ => client.install_snapshot(req).await,
+        };
+        let reply: RaftReply = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => return Err(status_to_rpc_error(status)),
+        };
+        let net_err = |e: bincode::error::DecodeError| RPCError::Network(NetworkError::new(&e));
+        if !reply.error.is_empty() {
+            let err: RaftError<NodeId, E> = decode(&reply.error).map_err(net_err)?;
+            return Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                err,
+            )));
+        }
+        decode(&reply.data).map_err(net_err)
+    }
+}
+
+/// Connection failures mean the peer did not get the message (openraft backs
+/// off); everything else is a network error whose outcome is unknown.
+fn status_to_rpc_error<E: std::error::Error>(
+    status: tonic::Status,
+) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call("append_entries", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call("install_snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call("vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,257 @@
+//! Peer control over gRPC (on --grpc-address): node info, join, leave and
+//! read index. The client half is used by nodes joining at start, by the
+//! REST join endpoint, and by followers serving linearizable reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::network::ChannelPool;
+use super::NodeInfo;
+use crate::errors::{Error, LeaderHint, Result};
+use crate::node::Cete;
+use crate::proto::peer::peer_client::PeerClient as GrpcPeerClient;
+use crate::proto::peer::peer_server::Peer;
+use crate::proto::peer::{
+    ChangeReply, JoinRequest, LeaveRequest, NodeInfo as PbNodeInfo, NodeInfoRequest, NodeMetadata,
+    ReadIndexReply, ReadIndexRequest,
+};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A join waits for the learner to catch up, which may mean a large snapshot.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn to_pb(info: &NodeInfo, state: &str) -> PbNodeInfo {
+    PbNodeInfo {
+        id: info.name.clone(),
+        raft_address: info.raft_address.clone(),
+        metadata: Some(NodeMetadata {
+            grpc_address: info.grpc_address.clone(),
+            http_address: info.http_address.clone(),
+        }),
+        state: state.to_string(),
+    }
+}
+
+pub fn from_pb(pb: PbNodeInfo) -> NodeInfo {
+    let metadata = pb.metadata.unwrap_or_default();
+    NodeInfo {
+        name: pb.id,
+        raft_address: pb.raft_address,
+        grpc_address: metadata.grpc_address,
+        http_address: metadata.http_address,
+    }
+}
+
+fn error_to_reply(err: &Error) -> ChangeReply {
+    let (leader_id, leader_grpc_address) = match err {
+        Error::NotLeader(hint) => (hint.id.clone(), hint.grpc_address.clone()),
+        _ => (String::new(), String::new()),
+    };
+    ChangeReply {
+        error_code: err.code().to_string(),
+        error_message: err.to_string(),
+        leader_id,
+        leader_grpc_address,
+    }
+}
+
+/// Rebuilds the node error a peer reported, so it maps to the same REST code.
+fn reply_to_error(code: &str, message: String, leader_id: String, leader_grpc: String) -> Error {
+    match code {
+        "NotLeader" => Error::NotLeader(LeaderHint {
+            id: leader_id,
+            http_address: String::new(),
+            grpc_address: leader_grpc,
+        }),
+        "NoLeader" => Error::NoLeader,
+        "NodeNotFound" => Error::NodeNotFound(message),
+        "MembershipChangeInProgress" => Error::MembershipChangeInProgress,
+        "QuorumLoss" => Error::QuorumLoss(message),
+        "Conflict" => Error::Conflict(message),
+        "Timeout" => Error::Timeout(message),
+        "ShuttingDown" => Error::ShuttingDown,
+        "OutcomeUnknown" => Error::OutcomeUnknown(message),
+        _ => Error::Internal(message),
+    }
+}
+
+/// Calls peers' control service.
+#[derive(Clone)]
+pub struct PeerClient {
+    pool: ChannelPool,
+}
+
+impl PeerClient {
+    pub fn new(pool: ChannelPool) -> PeerClient {
+        PeerClient { pool }
+    }
+
+    fn client(&self, address: &str) -> Result<GrpcPeerClient<tonic::transport::Channel>> {
+        self.pool
+            .channel(address)
+            .map(GrpcPeerClient::new)
+            .map_err(|e| Error::PeerUnavailable(format!("{address}: {e}")))
+    }
+
+    fn status_error(address: &str, status: Status) -> Error {
+        match status.code() {
+            tonic::Code::DeadlineExceeded => {
+                Error::Timeout(format!("{address}: {}", status.message()))
+            }
+            _ => Error::PeerUnavailable(format!("{address}: {}", status.message())),
+        }
+    }
+
+    pub async fn node_info(&self, address: &str) -> Result<NodeInfo> {
+        let mut request = Request::new(NodeInfoRequest {});
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .client(address)?
+            .get_node_info(request)
+            .await
+            .map_err(|s| Self::status_error(address, s))?;
+        Ok(from_pb(reply.into_inner()))
+    }
+
+    pub async fn read_index(&self, address: &str) -> Result<u64> {
+        let mut request = Request::new(ReadIndexRequest {});
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .client(address)?
+            .read_index(request)
+            .await
+            .map_err(|s| Self::status_error(address, s))?
+            .into_inner();
+        if reply.error_code.is_empty() {
+            Ok(reply.read_index)
+        } else {
+            Err(reply_to_error(
+                &reply.error_code,
+                reply.error_message,
+                String::new(),
+                String::new(),
+            ))
+        }
+    }
+
+    /// Asks the member at `address` to add `node`; follows one redirect to the leader.
+    pub async fn join(&self, address: &str, node: &NodeInfo) -> Result<()> {
+        let mut target = address.to_string();
+        for _ in 0..3 {
+            let mut request = Request::new(JoinRequest {
+                node: Some(to_pb(node, "")),
+            });
+            request.set_timeout(JOIN_TIMEOUT);
+            let reply = self
+                .client(&target)?
+                .join(request)
+                .await
+                .map_err(|s| Self::status_error(&target, s))?
+                .into_inner();
+            if reply.error_code.is_empty() {
+                return Ok(());
+            }
+            if reply.error_code == "NotLeader" && !reply.leader_grpc_address.is_empty() {
+                target = reply.leader_grpc_address;
+                continue;
+            }
+            return Err(reply_to_error(
+                &reply.error_code,
+                reply.error_message,
+                reply.leader_id,
+                reply.leader_grpc_address,
+            ));
+        }
+        Err(Error::NoLeader)
+    }
+
+    pub async fn leave(&self, address: &str, name: &str) -> Result<()> {
+        let mut request = Request::new(LeaveRequest {
+            id: name.to_string(),
+        });
+        request.set_timeout(JOIN_TIMEOUT);
+        let reply = self
+            .client(address)?
+            .leave(request)
+            .await
+            .map_err(|s| Self::status_error(address, s))?
+            .into_inner();
+        if reply.error_code.is_empty() {
+            Ok(())
+        } else {
+            Err(reply_to_error(
+                &reply.error_code,
+                reply.error_message,
+                reply.leader_id,
+                reply.leader_grpc_address,
+            ))
+        }
+    }
+}
+
+/// Serves peers' control requests.
+pub struct PeerService {
+    node: Arc<Cete>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Cete>) -> PeerService {
+        PeerService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn get_node_info(
+        &self,
+        _request: Request<NodeInfoRequest>,
+    ) -> std::result::Result<Response<PbNodeInfo>, Status> {
+        let status = self.node.node_status();
+        Ok(Response::new(to_pb(&status.info, &status.state)))
+    }
+
+    async fn join(
+        &self,
+        request: Request<JoinRequest>,
+    ) -> std::result::Result<Response<ChangeReply>, Status> {
+        let node = request
+            .into_inner()
+            .node
+            .map(from_pb)
+            .ok_or_else(|| Status::invalid_argument("join without a node"))?;
+        Ok(Response::new(match self.node.join(node).await {
+            Ok(()) => ChangeReply::default(),
+            Err(e) => error_to_reply(&e),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> std::result::Result<Response<ChangeReply>, Status> {
+        let name = request.into_inner().id;
+        Ok(Response::new(match self.node.leave(&name).await {
+            Ok(()) => ChangeReply::default(),
+            Err(e) => error_to_reply(&e),
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> std::result::Result<Response<ReadIndexReply>, Status> {
+        Ok(Response::new(match self.node.leader_read_index().await {
+            Ok(read_index) => ReadIndexReply {
+                read_index,
+                ..Default::default()
+            },
+            Err(e) => ReadIndexReply {
+                read_index: 0,
+                error_code: e.code().to_string(),
+                error_message: e.to_string(),
+            },
+        }))
+    }
+}

@@ -1,0 +1,245 @@
+//! The Raft log and vote, on RocksDB.
+//!
+//! Durability rule: an append or a vote is acknowledged to openraft only once
+//! its write batch is synced to the write-ahead log. One append from openraft
+//! is one synced batch, so concurrent client writes share an fsync (group commit).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+
+use super::{decode, encode, Db, StoreError, CF_LOGS, CF_RAFT};
+use crate::raft::typ::{Entry, LogId, StorageError, Vote};
+use crate::raft::TypeConfig;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Db,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key.try_into().expect("log keys are 8 bytes"))
+}
+
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+/// Runs blocking RocksDB work off the async runtime's worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("storage tasks do not panic")
+}
+
+impl LogStore {
+    pub fn new(db: Db) -> LogStore {
+        LogStore { db }
+    }
+
+    fn read_raft_key<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static [u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.db.rocks().get_cf(self.db.cf(CF_RAFT), key)? {
+            Some(raw) => Ok(Some(decode("raft state", &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn write_raft_key<T: serde::Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let raw = encode(value);
+        let db = self.db.clone();
+        blocking(move || {
+            db.rocks()
+                .put_cf_opt(db.cf(CF_RAFT), key, raw, &synced())
+                .map_err(|e| io_err(subject, ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        let mut iter = self
+            .db
+            .rocks()
+            .iterator_cf(self.db.cf(CF_LOGS), IteratorMode::End);
+        match iter.next() {
+            Some(item) => {
+                let (_, raw) = item?;
+                let entry: Entry = decode("log entry", &raw)?;
+                Ok(Some(entry.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let db = self.db.clone();
+        blocking(move || {
+            let from = index_key(start);
+            let mut entries = Vec::new();
+            for item in db.rocks().iterator_cf(
+                db.cf(CF_LOGS),
+                IteratorMode::From(&from, Direction::Forward),
+            ) {
+                let (key, raw) =
+                    item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let index = index_of(&key);
+                if end.is_some_and(|end| index >= end) {
+                    break;
+                }
+                let entry: Entry = decode("log entry", &raw)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = |e: StoreError| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let last_purged_log_id: Option<LogId> =
+            self.read_raft_key(KEY_LAST_PURGED).map_err(read)?;
+        let last = self.last_entry_log_id().map_err(read)?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_raft_key(KEY_VOTE, vote, ErrorSubject::Vote)
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_raft_key(KEY_VOTE)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: the committed id is a hint that speeds up restarts; if it
+        // is lost, openraft re-learns it from the leader.
+        let raw = encode(&committed);
+        let db = self.db.clone();
+        blocking(move || {
+            db.rocks()
+                .put_cf(db.cf(CF_RAFT), KEY_COMMITTED, raw)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_raft_key::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let cf = self.db.cf(CF_LOGS);
+        for entry in entries {
+            batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
+        }
+        let db = self.db.clone();
+        let result = blocking(move || db.rocks().write_opt(batch, &synced())).await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = std::io::Error::other(e.to_string());
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, err))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        log::debug!("truncating the log from index {}", log_id.index);
+        let db = self.db.clone();
+        blocking(move || {
+            db.rocks()
+                .delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX))
+                .and_then(|()| db.rocks().flush_wal(true))
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        log::debug!("purging the log up to index {}", log_id.index);
+        // The purge mark goes first and durably: a crash between the two steps
+        // leaves entries behind the mark, which reads then skip.
+        self.write_raft_key(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)
+            .await?;
+        let db = self.db.clone();
+        blocking(move || {
+            db.rocks()
+                .delete_range_cf(db.cf(CF_LOGS), index_key(0), index_key(log_id.index + 1))
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        })
+        .await
+    }
+}

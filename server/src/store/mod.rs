@@ -1,0 +1,150 @@
+//! RocksDB storage of one node: the Raft log and vote (`log`), the key-value
+//! state machine (`state_machine`) and snapshot files (`snapshot`).
+//!
+//! One database per node, one column family per role:
+//! - `logs`: Raft entries keyed by big-endian u64 index, so iteration is in log order;
+//! - `raft`: vote, committed log id, last purged log id;
+//! - `data`: the key-value state machine (see `value` for the encoding);
+//! - `meta`: state-machine metadata (last applied log id, membership, current snapshot).
+
+pub mod log;
+pub mod snapshot;
+pub mod state_machine;
+pub mod value;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use thiserror::Error;
+
+pub use self::log::LogStore;
+pub use self::state_machine::StateMachine;
+
+pub const CF_LOGS: &str = "logs";
+pub const CF_RAFT: &str = "raft";
+pub const CF_DATA: &str = "data";
+pub const CF_META: &str = "meta";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open the data directory {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storage error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// The open database, shared by the log store and the state machine.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DB>,
+    dir: PathBuf,
+}
+
+impl Db {
+    pub fn open(data_directory: &Path) -> Result<Db, StoreError> {
+        let db_dir = data_directory.join("db");
+        for dir in [data_directory.to_path_buf(), snapshot_dir(data_directory)] {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Writes of the log are synced explicitly; this keeps a torn WAL tail
+        // (a crash mid-write) from refusing to open: it is dropped, as it was
+        // never acknowledged.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        opts.set_keep_log_file_num(4);
+        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let inner =
+            DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|source| StoreError::Open {
+                path: db_dir.clone(),
+                source,
+            })?;
+        Ok(Db {
+            inner: Arc::new(inner),
+            dir: data_directory.to_path_buf(),
+        })
+    }
+
+    pub fn rocks(&self) -> &DB {
+        &self.inner
+    }
+
+    pub fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.inner
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    pub fn data_directory(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        snapshot_dir(&self.dir)
+    }
+
+    /// Approximate on-disk size of the whole database, for metrics and status.
+    pub fn approximate_size(&self) -> u64 {
+        [CF_LOGS, CF_RAFT, CF_DATA, CF_META]
+            .into_iter()
+            .filter_map(|name| {
+                self.inner
+                    .property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+}
+
+fn snapshot_dir(data_directory: &Path) -> PathBuf {
+    data_directory.join("snapshots")
+}
+
+/// Opens the database and builds both halves openraft needs.
+pub async fn open(data_directory: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+    let dir = data_directory.to_path_buf();
+    let db = tokio::task::spawn_blocking(move || Db::open(&dir))
+        .await
+        .expect("open task does not panic")?;
+    let log = LogStore::new(db.clone());
+    let sm = StateMachine::open(db).await?;
+    Ok((log, sm))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("in-memory encoding of our own types cannot fail")
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    raw: &[u8],
+) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(raw, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| StoreError::Corrupt {
+            what,
+            detail: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod conformance;

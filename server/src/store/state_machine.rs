@@ -1,0 +1,794 @@
+//! The key-value state machine on RocksDB, its snapshots, and the read side
+//! the API uses.
+//!
+//! Applying a batch of entries writes the data changes, the new last-applied
+//! log id and any membership change in one atomic WriteBatch, so the state
+//! machine is never half-applied. It is not synced: after a crash, entries
+//! past the durable last-applied id are applied again from the (synced) log.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
+};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use super::snapshot::{self, SnapshotError, SnapshotWriter};
+use super::value::{self, StoredValue, ValueMeta};
+use super::{decode, encode, Db, StoreError, CF_DATA, CF_META};
+use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use crate::raft::{Command, CommandResult, Precondition, SnapshotData, TypeConfig};
+
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_INSTALL_PENDING: &[u8] = b"install_pending";
+
+/// Every key sorts below this: keys are at most [`crate::MAX_KEY_LEN`] bytes.
+fn key_space_end() -> Vec<u8> {
+    vec![0xff; crate::MAX_KEY_LEN + 1]
+}
+
+/// The snapshot currently on disk, as recorded in the meta column family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta_json: String,
+    file: String,
+}
+
+pub struct StateMachine {
+    db: Db,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Where the snapshot being received from the leader is written.
+    receiving: Option<PathBuf>,
+}
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("storage tasks do not panic")
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Option<T>, StoreError> {
+    match db.rocks().get_cf(db.cf(CF_META), key)? {
+        Some(raw) => Ok(Some(decode("state machine meta", &raw)?)),
+        None => Ok(None),
+    }
+}
+
+impl StateMachine {
+    pub async fn open(db: Db) -> Result<StateMachine, StoreError> {
+        let db2 = db.clone();
+        blocking(move || -> Result<(), StoreError> {
+            if let Some(file) = read_meta::<String>(&db2, KEY_INSTALL_PENDING)? {
+                log::warn!("finishing the snapshot install interrupted by a crash ({file})");
+                let path = db2.snapshot_dir().join(&file);
+                install_file(&db2, &path, &file).map_err(|e| StoreError::Corrupt {
+                    what: "pending snapshot",
+                    detail: e.to_string(),
+                })?;
+            }
+            Ok(())
+        })
+        .await?;
+        let last_applied = read_meta::<Option<LogId>>(&db, KEY_LAST_APPLIED)?.flatten();
+        let membership = read_meta::<StoredMembership>(&db, KEY_MEMBERSHIP)?.unwrap_or_default();
+        Ok(StateMachine {
+            db,
+            last_applied,
+            membership,
+            receiving: None,
+        })
+    }
+
+    /// The read side of the state machine, for the API.
+    pub fn reader(&self) -> KvReader {
+        KvReader {
+            db: self.db.clone(),
+        }
+    }
+}
+
+/// Reads of the key-value data. Consistency is the caller's business: it
+/// waits for the read index before it reads here.
+#[derive(Clone)]
+pub struct KvReader {
+    db: Db,
+}
+
+/// One key in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub key: Vec<u8>,
+    pub meta: ValueMeta,
+}
+
+impl KvReader {
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<StoredValue>, StoreError> {
+        let db = self.db.clone();
+        blocking(
+            move || match db.rocks().get_pinned_cf(db.cf(CF_DATA), &key)? {
+                Some(raw) => value::decode(&raw)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        what: "stored value",
+                        detail: e.to_string(),
+                    }),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
+
+    /// Keys starting with `prefix`, in order, after `start_after`; at most
+    /// `limit` of them, plus whether more follow.
+    pub async fn list(
+        &self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<KeyEntry>, bool), StoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let start = match &start_after {
+                Some(after) if after.as_slice() >= prefix.as_slice() => after.clone(),
+                _ => prefix.clone(),
+            };
+            let mut entries = Vec::new();
+            let iter = db.rocks().iterator_cf(
+                db.cf(CF_DATA),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for item in iter {
+                let (key, raw) = item?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                if start_after.as_deref() == Some(&key[..]) {
+                    continue;
+                }
+                if entries.len() == limit {
+                    return Ok((entries, true));
+                }
+                let (meta, _) = value::decode_meta(&raw).map_err(|e| StoreError::Corrupt {
+                    what: "stored value",
+                    detail: e.to_string(),
+                })?;
+                entries.push(KeyEntry {
+                    key: key.to_vec(),
+                    meta,
+                });
+            }
+            Ok((entries, false))
+        })
+        .await
+    }
+
+    /// Number of keys (an estimate from RocksDB, cheap to ask).
+    pub fn approximate_key_count(&self) -> u64 {
+        self.db
+            .rocks()
+            .property_int_value_cf(self.db.cf(CF_DATA), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Writes a consistent point-in-time snapshot file of the whole state
+    /// machine to `path` (Raft snapshots and backups alike).
+    pub async fn write_snapshot_file(
+        &self,
+        path: PathBuf,
+    ) -> Result<(SnapshotMeta, u64), SnapshotError> {
+        let db = self.db.clone();
+        blocking(move || write_snapshot_file(&db, &path)).await
+    }
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn decode_snapshot_meta<T: serde::de::DeserializeOwned>(
+    raw: Option<Vec<u8>>,
+    what: &'static str,
+) -> Result<Option<T>, SnapshotError> {
+    raw.map(|r| decode(what, &r))
+        .transpose()
+        .map_err(|e| SnapshotError::Corrupt(e.to_string()))
+}
+
+fn write_snapshot_file(db: &Db, path: &Path) -> Result<(SnapshotMeta, u64), SnapshotError> {
+    let view = db.rocks().snapshot();
+    let meta_of = |key: &[u8]| -> Result<Option<Vec<u8>>, SnapshotError> {
+        view.get_cf(db.cf(CF_META), key)
+            .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))
+    };
+    let last_applied: Option<LogId> =
+        decode_snapshot_meta::<Option<LogId>>(meta_of(KEY_LAST_APPLIED)?, "last applied")?
+            .flatten();
+    let membership: StoredMembership =
+        decode_snapshot_meta(meta_of(KEY_MEMBERSHIP)?, "membership")?.unwrap_or_default();
+    let snapshot_id = match last_applied {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_millis()),
+        None => format!("0-0-{}", unix_millis()),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let mut writer = SnapshotWriter::create(path, &meta)?;
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&view);
+    for item in db
+        .rocks()
+        .iterator_cf_opt(db.cf(CF_DATA), opts, IteratorMode::Start)
+    {
+        let (key, raw) = item.map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+        writer.record(&key, &raw)?;
+    }
+    let records = writer.finish()?;
+    Ok((meta, records))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Deletes every snapshot file but `keep`.
+fn remove_other_snapshots(db: &Db, keep: &str) {
+    let Ok(dir) = std::fs::read_dir(db.snapshot_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name != keep && (name.ends_with(".snap") || name.ends_with(".tmp")) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn record_current_snapshot(db: &Db, batch: &mut WriteBatch, meta: &SnapshotMeta, file: &str) {
+    let current = CurrentSnapshot {
+        meta_json: serde_json::to_string(meta).expect("snapshot meta serializes"),
+        file: file.to_string(),
+    };
+    batch.put_cf(db.cf(CF_META), KEY_SNAPSHOT, encode(&current));
+}
+
+/// Replaces the whole state machine with the verified snapshot at `path`
+/// (already named `file` inside the snapshot directory). Crash-safe: the
+/// pending mark is set first and cleared in the last batch, and `open`
+/// finishes an interrupted install.
+fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotMeta, SnapshotError> {
+    let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
+    let (meta, records) = snapshot::verify(path)?;
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    db.rocks()
+        .put_cf_opt(
+            db.cf(CF_META),
+            KEY_INSTALL_PENDING,
+            encode(&file.to_string()),
+            &sync,
+        )
+        .map_err(rocks_err)?;
+    // Keys absent from the snapshot must be gone afterwards.
+    db.rocks()
+        .delete_range_cf(db.cf(CF_DATA), Vec::<u8>::new(), key_space_end())
+        .map_err(rocks_err)?;
+    let mut batch = WriteBatch::default();
+    snapshot::read(path, |key, raw| {
+        batch.put_cf(db.cf(CF_DATA), key, raw);
+        if batch.size_in_bytes() > 8 << 20 {
+            db.rocks()
+                .write(std::mem::take(&mut batch))
+                .map_err(rocks_err)?;
+        }
+        Ok(())
+    })?;
+    batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&meta.last_log_id));
+    batch.put_cf(
+        db.cf(CF_META),
+        KEY_MEMBERSHIP,
+        encode(&meta.last_membership),
+    );
+    record_current_snapshot(db, &mut batch, &meta, file);
+    batch.delete_cf(db.cf(CF_META), KEY_INSTALL_PENDING);
+    db.rocks().write_opt(batch, &sync).map_err(rocks_err)?;
+    remove_other_snapshots(db, file);
+    log::info!(
+        "installed snapshot {} ({records} keys, last log id {:?})",
+        meta.snapshot_id,
+        meta.last_log_id
+    );
+    Ok(meta)
+}
+
+fn check(precondition: Option<Precondition>, current: Option<u64>) -> bool {
+    match precondition {
+        None => true,
+        Some(Precondition::Absent) => current.is_none(),
+        Some(Precondition::RevisionIs(rev)) => current == Some(rev),
+    }
+}
+
+/// The revisions of a key as seen by the batch being applied.
+type Overlay = HashMap<Vec<u8>, Option<(u64, u64)>>;
+
+fn current_revisions(
+    db: &Db,
+    overlay: &Overlay,
+    key: &[u8],
+) -> Result<Option<(u64, u64)>, StorageError> {
+    if let Some(seen) = overlay.get(key) {
+        return Ok(*seen);
+    }
+    match db
+        .rocks()
+        .get_pinned_cf(db.cf(CF_DATA), key)
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?
+    {
+        Some(raw) => {
+            let (meta, _) = value::decode_meta(&raw).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            Ok(Some((meta.create_revision, meta.mod_revision)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn apply_command(
+    db: &Db,
+    batch: &mut WriteBatch,
+    overlay: &mut Overlay,
+    index: u64,
+    command: Command,
+) -> Result<CommandResult, StorageError> {
+    match command {
+        Command::Put {
+            key,
+            value: bytes,
+            content_type,
+            precondition,
+        } => {
+            let current = current_revisions(db, overlay, &key)?;
+            if !check(precondition, current.map(|(_, m)| m)) {
+                return Ok(CommandResult::PreconditionFailed {
+                    current: current.map(|(_, m)| m),
+                });
+            }
+            let create = current.map_or(index, |(c, _)| c);
+            batch.put_cf(
+                db.cf(CF_DATA),
+                &key,
+                value::encode(create, index, &content_type, &bytes),
+            );
+            overlay.insert(key, Some((create, index)));
+            Ok(CommandResult::Written {
+                revision: index,
+                created: current.is_none(),
+            })
+        }
+        Command::Delete { key, precondition } => {
+            let current = current_revisions(db, overlay, &key)?;
+            if precondition.is_some() && !check(precondition, current.map(|(_, m)| m)) {
+                return Ok(CommandResult::PreconditionFailed {
+                    current: current.map(|(_, m)| m),
+                });
+            }
+            if current.is_none() {
+                return Ok(CommandResult::NotFound);
+            }
+            batch.delete_cf(db.cf(CF_DATA), &key);
+            overlay.insert(key, None);
+            Ok(CommandResult::Deleted { revision: index })
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let mut membership = self.membership.clone();
+        let (results, last_applied, membership) = blocking(move || {
+            let mut batch = WriteBatch::default();
+            let mut overlay = Overlay::new();
+            let mut results = Vec::with_capacity(entries.len());
+            let mut last_applied = None;
+            let mut membership_changed = false;
+            for entry in entries {
+                last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResult::Applied,
+                    EntryPayload::Membership(m) => {
+                        membership = StoredMembership::new(Some(entry.log_id), m);
+                        membership_changed = true;
+                        CommandResult::Applied
+                    }
+                    EntryPayload::Normal(command) => {
+                        apply_command(&db, &mut batch, &mut overlay, entry.log_id.index, command)?
+                    }
+                };
+                results.push(result);
+            }
+            batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&last_applied));
+            if membership_changed {
+                batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
+            }
+            db.rocks()
+                .write(batch)
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            Ok::<_, StorageError>((results, last_applied, membership))
+        })
+        .await?;
+        self.last_applied = last_applied;
+        self.membership = membership;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let path = self
+            .db
+            .snapshot_dir()
+            .join(format!("receiving-{}.tmp", unix_millis()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        self.receiving = Some(path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotData>,
+    ) -> Result<(), StorageError> {
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        drop(snapshot);
+        let received = self.receiving.take().ok_or_else(|| {
+            io_err(
+                subject(),
+                ErrorVerb::Read,
+                std::io::Error::other("install without a received snapshot file"),
+            )
+        })?;
+        let db = self.db.clone();
+        let file = format!("{}.snap", meta.snapshot_id);
+        let installed = blocking(move || {
+            let path = db.snapshot_dir().join(&file);
+            std::fs::rename(&received, &path)?;
+            sync_dir(&db.snapshot_dir())?;
+            install_file(&db, &path, &file)
+        })
+        .await
+        .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        self.last_applied = installed.last_log_id;
+        self.membership = installed.last_membership;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let read = |e: StoreError| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let Some(current) = read_meta::<CurrentSnapshot>(&self.db, KEY_SNAPSHOT).map_err(read)?
+        else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = serde_json::from_str(&current.meta_json)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let file = tokio::fs::File::open(self.db.snapshot_dir().join(&current.file))
+            .await
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Read,
+                    e,
+                )
+            })?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+/// Builds a snapshot from a consistent RocksDB view while writes go on.
+pub struct SnapshotBuilder {
+    db: Db,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let db = self.db.clone();
+        let (meta, file) = blocking(move || -> Result<(SnapshotMeta, String), SnapshotError> {
+            // The log behind this snapshot is purged next: make the state
+            // machine it describes durable first.
+            db.rocks()
+                .flush_wal(true)
+                .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+            let tmp = db
+                .snapshot_dir()
+                .join(format!("building-{}.tmp", unix_millis()));
+            let (meta, records) = write_snapshot_file(&db, &tmp)?;
+            let file = format!("{}.snap", meta.snapshot_id);
+            std::fs::rename(&tmp, db.snapshot_dir().join(&file))?;
+            sync_dir(&db.snapshot_dir())?;
+            let mut batch = WriteBatch::default();
+            record_current_snapshot(&db, &mut batch, &meta, &file);
+            let mut sync = rocksdb::WriteOptions::default();
+            sync.set_sync(true);
+            db.rocks()
+                .write_opt(batch, &sync)
+                .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+            remove_other_snapshots(&db, &file);
+            log::info!(
+                "built snapshot {} ({records} keys, last log id {:?})",
+                meta.snapshot_id,
+                meta.last_log_id
+            );
+            Ok((meta, file))
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let handle = tokio::fs::File::open(self.db.snapshot_dir().join(&file))
+            .await
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Read,
+                    e,
+                )
+            })?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(handle),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn put(key: &str, value: &str, precondition: Option<Precondition>) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+            content_type: "text/plain".into(),
+            precondition,
+        }
+    }
+
+    fn delete(key: &str, precondition: Option<Precondition>) -> Command {
+        Command::Delete {
+            key: key.into(),
+            precondition,
+        }
+    }
+
+    async fn open_sm(dir: &Path) -> StateMachine {
+        let (_, sm) = crate::store::open(dir).await.unwrap();
+        sm
+    }
+
+    #[tokio::test]
+    async fn apply_puts_deletes_and_preconditions_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        let results = sm
+            .apply(vec![
+                entry(1, put("a", "1", Some(Precondition::Absent))),
+                entry(2, put("a", "2", Some(Precondition::Absent))),
+                entry(3, put("a", "3", Some(Precondition::RevisionIs(1)))),
+                entry(4, put("a", "4", Some(Precondition::RevisionIs(1)))),
+                entry(5, delete("b", None)),
+                entry(6, delete("a", Some(Precondition::RevisionIs(2)))),
+                entry(7, delete("a", None)),
+                entry(8, put("a", "8", None)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            results,
+            vec![
+                CommandResult::Written {
+                    revision: 1,
+                    created: true
+                },
+                CommandResult::PreconditionFailed { current: Some(1) },
+                CommandResult::Written {
+                    revision: 3,
+                    created: false
+                },
+                CommandResult::PreconditionFailed { current: Some(3) },
+                CommandResult::NotFound,
+                CommandResult::PreconditionFailed { current: Some(3) },
+                CommandResult::Deleted { revision: 7 },
+                CommandResult::Written {
+                    revision: 8,
+                    created: true
+                },
+            ]
+        );
+        let stored = sm.reader().get(b"a".to_vec()).await.unwrap().unwrap();
+        assert_eq!(stored.value, b"8");
+        assert_eq!(
+            (stored.meta.create_revision, stored.meta.mod_revision),
+            (8, 8)
+        );
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(8));
+    }
+
+    #[tokio::test]
+    async fn applied_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = open_sm(dir.path()).await;
+            sm.apply(vec![entry(1, put("k", "v", None))]).await.unwrap();
+        }
+        let mut sm = open_sm(dir.path()).await;
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1));
+        assert!(sm.reader().get(b"k".to_vec()).await.unwrap().is_some());
+    }
+
+    /// Installing a snapshot replaces the whole state: keys it lacks are gone
+    /// (the original Cete let deleted keys come back here).
+    #[tokio::test]
+    async fn install_replaces_everything() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let mut source = open_sm(source_dir.path()).await;
+        source
+            .apply(vec![
+                entry(1, put("keep", "1", None)),
+                entry(2, put("gone", "2", None)),
+            ])
+            .await
+            .unwrap();
+        source
+            .apply(vec![entry(3, delete("gone", None))])
+            .await
+            .unwrap();
+        let mut builder = source.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.unwrap();
+        let bytes = std::fs::read(
+            source_dir
+                .path()
+                .join("snapshots")
+                .join(format!("{}.snap", snapshot.meta.snapshot_id)),
+        )
+        .unwrap();
+
+        let target_dir = tempfile::tempdir().unwrap();
+        let mut target = open_sm(target_dir.path()).await;
+        target
+            .apply(vec![
+                entry(1, put("gone", "stale", None)),
+                entry(2, put("other", "x", None)),
+            ])
+            .await
+            .unwrap();
+        let mut file = target.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&bytes).await.unwrap();
+        target.install_snapshot(&snapshot.meta, file).await.unwrap();
+
+        let reader = target.reader();
+        assert!(reader.get(b"gone".to_vec()).await.unwrap().is_none());
+        assert!(reader.get(b"other".to_vec()).await.unwrap().is_none());
+        assert_eq!(
+            reader.get(b"keep".to_vec()).await.unwrap().unwrap().value,
+            b"1"
+        );
+        let (applied, _) = target.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
+        let current = target.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, snapshot.meta.snapshot_id);
+    }
+
+    #[tokio::test]
+    async fn corrupt_snapshot_is_refused_and_state_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        sm.apply(vec![entry(1, put("k", "v", None))]).await.unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 0), 9)),
+            last_membership: Default::default(),
+            snapshot_id: "bad".into(),
+        };
+        let mut file = sm.begin_receiving_snapshot().await.unwrap();
+        file.write_all(b"CETESNP1 definitely not a snapshot")
+            .await
+            .unwrap();
+        assert!(sm.install_snapshot(&meta, file).await.is_err());
+        assert!(sm.reader().get(b"k".to_vec()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn list_pages_in_order_within_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        let entries = ["a/1", "a/2", "a/3", "b/1", "a"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| entry(i as u64 + 1, put(k, "v", None)))
+            .collect::<Vec<_>>();
+        sm.apply(entries).await.unwrap();
+        let reader = sm.reader();
+        let (page, more) = reader.list(b"a/".to_vec(), None, 2).await.unwrap();
+        let keys: Vec<_> = page.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
+        assert!(more);
+        let (page, more) = reader
+            .list(b"a/".to_vec(), Some(b"a/2".to_vec()), 2)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].key, b"a/3");
+        assert!(!more);
+    }
+}

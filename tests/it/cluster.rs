@@ -1,0 +1,1 @@
+//! Multi-node tests (placeholder; written against the harness).

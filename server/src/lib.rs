@@ -160,6 +160,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         pool.clone(),
         ready_after,
         config.max_value_size,
+        config.data_directory.clone(),
     ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -96,7 +96,13 @@ fn destination(file: Option<&Path>) -> Destination<'_> {
 pub fn init(cfg: &LogSettings) -> Result<(), LoggingError> {
     let level =
         parse_level(&cfg.level).ok_or_else(|| LoggingError::InvalidLevel(cfg.level.clone()))?;
-    let default_filter = level.to_string().to_ascii_lowercase();
+    // openraft narrates every vote and append one level below ours; keep it
+    // a level quieter unless tracing everything.
+    let default_filter = match level {
+        log::LevelFilter::Info => "info,openraft=warn".to_string(),
+        log::LevelFilter::Debug => "debug,openraft=info".to_string(),
+        other => other.to_string().to_ascii_lowercase(),
+    };
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
     builder.format_timestamp_millis();

@@ -4,6 +4,8 @@
 //! nothing of HTTP.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -60,7 +62,14 @@ pub struct Cete {
     /// Applied index this node must reach before it calls itself ready.
     ready_after: u64,
     pub max_value_size: u64,
+    data_directory: PathBuf,
+    /// Set once this node learns it was removed from the cluster.
+    removed: AtomicBool,
 }
+
+/// Marker left in the data directory of a removed node: it must not rejoin
+/// with stale state.
+pub const REMOVED_MARKER: &str = "REMOVED";
 
 fn state_name(state: ServerState) -> &'static str {
     match state {
@@ -80,8 +89,11 @@ impl Cete {
         pool: ChannelPool,
         ready_after: u64,
         max_value_size: u64,
+        data_directory: PathBuf,
     ) -> Cete {
         Cete {
+            data_directory,
+            removed: AtomicBool::new(false),
             id: node_id_of(&info.name),
             info,
             raft,
@@ -239,7 +251,10 @@ impl Cete {
         let member = membership.get_node(&self.id).is_some();
         let voter = membership.voter_ids().any(|id| id == self.id);
         let ever_joined = m.membership_config.log_id().is_some();
-        let state = if !member && ever_joined {
+        let removed = self.removed.load(Ordering::SeqCst);
+        let member = member && !removed;
+        let voter = voter && !removed;
+        let state = if removed || (!member && ever_joined) {
             "Removed"
         } else {
             state_name(m.state)
@@ -351,6 +366,7 @@ impl Cete {
         if membership.get_node(&id).is_none() {
             return Err(Error::NodeNotFound(name.to_string()));
         }
+        let removed_node = membership.get_node(&id).cloned();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if voters.contains(&id) {
             let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
@@ -368,7 +384,40 @@ impl Cete {
                 .await
                 .map_err(|e| self.write_error(e))?;
         }
+        if id == self.id {
+            self.mark_removed();
+        } else if let Some(node) = removed_node {
+            // Best effort: a removed node that misses this still stops
+            // receiving anything from the cluster.
+            let peers = self.peers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = peers.notify_removed(&node.grpc_address, &node.name).await {
+                    log::warn!("could not tell {} it was removed: {e}", node.name);
+                }
+            });
+        }
         Ok(())
+    }
+
+    /// Stops this node taking part after its removal, and remembers it
+    /// across restarts.
+    pub fn mark_removed(&self) {
+        if self.removed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::warn!(
+            "node {} was removed from the cluster; raft stops here",
+            self.info.name
+        );
+        if let Err(e) = std::fs::write(self.data_directory.join(REMOVED_MARKER), b"removed\n") {
+            log::error!("cannot write the removal marker: {e}");
+        }
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            // Give the reply to the membership change time to leave first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = raft.shutdown().await;
+        });
     }
 
     /// Refuses a change whose new voter set has no live majority, as far as

@@ -307,16 +307,6 @@ async fn keys_with_slashes_escapes_and_binary_values() {
             .unwrap();
         assert_eq!(header(&resp, "x-cete-size"), "256");
 
-        // An empty value is a value.
-        let resp = client
-            .put(node.url("/v1/data/empty"))
-            .body("")
-            .send()
-            .await
-            .unwrap();
-        json_body(resp, 201, "PUT empty value").await;
-        assert_eq!(get(&client, &node, "empty").await, Some(Vec::new()));
-
         // The longest allowed key.
         let longest = "k".repeat(4096);
         put(&client, &node, &longest, "long").await;
@@ -868,6 +858,118 @@ async fn documented_errors_and_status_endpoints() {
     .await
 }
 
+/// PUT bodies that carry no Content-Length: an explicitly empty body, a body
+/// with no length header at all (zero length by RFC 9112 section 6.3, what
+/// reqwest sends for an empty body), and chunked uploads (`curl -T -`, any
+/// streaming client). The size limit must hold for chunked bodies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_bodies_without_content_length() {
+    bounded(TEST_TIMEOUT, async {
+        let (_dir, node) = single(&["--max-value-size", "1024"]).await;
+        let client = Cluster::client();
+        let chunked = |parts: Vec<Vec<u8>>| {
+            reqwest::Body::wrap_stream(futures::stream::iter(
+                parts.into_iter().map(Ok::<_, std::io::Error>),
+            ))
+        };
+
+        let resp = client
+            .put(node.url("/v1/data/empty-cl"))
+            .header("content-length", "0")
+            .body(Vec::new())
+            .send()
+            .await
+            .unwrap();
+        json_body(resp, 201, "PUT with Content-Length: 0").await;
+        assert_eq!(get(&client, &node, "empty-cl").await, Some(Vec::new()));
+
+        let mut bugs = Vec::new();
+        // SERVER BUG (411 LengthRequired): a request with neither Content-Length
+        // nor Transfer-Encoding has an empty body.
+        let resp = client.put(node.url("/v1/data/empty")).body("").send().await.unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        if status != 201 {
+            bugs.push(format!("PUT with an empty body and no Content-Length: expected 201, got {status} {body}"));
+        }
+        // SERVER BUG (411 LengthRequired): chunked uploads are refused.
+        let resp = client
+            .put(node.url("/v1/data/chunked"))
+            .body(chunked(vec![b"ab".to_vec(), b"c".to_vec()]))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        if status == 201 {
+            assert_eq!(get(&client, &node, "chunked").await.as_deref(), Some(&b"abc"[..]));
+        } else {
+            bugs.push(format!("chunked PUT of 3 bytes: expected 201, got {status} {body}"));
+        }
+        let resp = client
+            .put(node.url("/v1/data/chunked-big"))
+            .body(chunked(vec![vec![1u8; 1000], vec![2u8; 1000]]))
+            .send()
+            .await;
+        match resp {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap();
+                if status != 413 {
+                    bugs.push(format!("chunked PUT of 2000 bytes over a 1024 limit: expected 413 ValueTooLarge, got {status} {body}"));
+                }
+            }
+            Err(e) => bugs.push(format!("chunked PUT of 2000 bytes: no response: {e}")),
+        }
+        assert_eq!(get(&client, &node, "chunked-big").await, None);
+        assert!(bugs.is_empty(), "SERVER BUGS:\n{}", bugs.join("\n"));
+    })
+    .await
+}
+
+/// SIGTERM as soon as the HTTP port answers must still be a clean shutdown
+/// (exit status 0), not death by the default signal action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_right_after_start_exits_cleanly() {
+    bounded(TEST_TIMEOUT, async {
+        let dir = tempfile::Builder::new()
+            .prefix("cete-it-")
+            .tempdir()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        for round in 0..5 {
+            let mut node = NodeProc::new(&format!("node{round}"), dir.path(), None, &[]);
+            node.start();
+            let url = node.url("/v1/liveness_check");
+            let deadline = Instant::now() + READY;
+            loop {
+                if let Ok(resp) = client.get(&url).send().await {
+                    if resp.status() == 200 {
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: {url} never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let status = node.terminate();
+            // SERVER BUG if this fails with signal 15: main() installs its SIGTERM
+            // handler only after start_node() returns, while HTTP already serves.
+            assert!(
+                status.success(),
+                "round {round}: SIGTERM right after the HTTP port opened: exit status {status:?}"
+            );
+        }
+    })
+    .await
+}
+
 /// docs/rest-contract.md lists `commit_index` in `/v1/node`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_json_has_commit_index_per_contract() {
@@ -1263,6 +1365,15 @@ async fn answering_port(node: &mut NodeProc, ports: &[u16]) -> u16 {
             "port {port} answers too"
         );
     }
+    // Terminate a node that is fully up (see sigterm_right_after_start_exits_cleanly
+    // for SIGTERM during start-up).
+    let ready_url = format!("http://127.0.0.1:{answering}/v1/readiness_check");
+    wait_until(READY, "the node is ready", || {
+        let client = client.clone();
+        let url = ready_url.clone();
+        async move { (client.get(url).send().await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
     let status = node.terminate();
     assert!(status.success(), "SIGTERM exit status: {status:?}");
     answering

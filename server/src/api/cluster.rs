@@ -103,27 +103,23 @@ fn cluster_json(node: &Cete) -> Response {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JoinMetadata {
-    #[serde(alias = "grpc_address")]
     grpc_addr: Option<String>,
-    #[serde(alias = "http_address")]
+    grpc_address: Option<String>,
     http_addr: Option<String>,
+    http_address: Option<String>,
 }
 
 /// The original's join body; only `metadata.grpc_addr` is required: the
-/// rest is asked of the joining node itself.
+/// rest is asked of the joining node itself. Both spellings of each field
+/// are read, and other fields are allowed so that a node's own `/v1/node`
+/// description can be sent as is.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JoinBody {
-    #[serde(alias = "raft_address")]
     bind_addr: Option<String>,
+    raft_address: Option<String>,
     #[serde(default)]
     metadata: JoinMetadata,
-    /// Ignored: accepted because `cete node` output includes it.
-    #[serde(default)]
-    #[allow(dead_code)]
-    state: Option<String>,
 }
 
 fn redirect_or_error(err: Error, target: &RequestTarget) -> Response {
@@ -149,7 +145,13 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
                 .into_response()
         }
     };
-    let Some(grpc_addr) = body.metadata.grpc_addr.filter(|a| !a.is_empty()) else {
+    let non_empty = |a: &String| !a.is_empty();
+    let Some(grpc_addr) = body
+        .metadata
+        .grpc_addr
+        .filter(non_empty)
+        .or(body.metadata.grpc_address.filter(non_empty))
+    else {
         return ApiError::bad_request("InvalidArgument", "metadata.grpc_addr is required")
             .into_response();
     };
@@ -176,17 +178,17 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     let given = [
         (
             "bind_addr",
-            body.bind_addr.as_deref(),
+            body.bind_addr.or(body.raft_address),
             info.raft_address.as_str(),
         ),
         (
             "metadata.http_addr",
-            body.metadata.http_addr.as_deref(),
+            body.metadata.http_addr.or(body.metadata.http_address),
             info.http_address.as_str(),
         ),
     ];
     for (field, given, actual) in given {
-        if let Some(given) = given.filter(|g| !g.is_empty() && *g != actual) {
+        if let Some(given) = given.as_deref().filter(|g| !g.is_empty() && *g != actual) {
             return ApiError::new(
                 StatusCode::CONFLICT,
                 "Conflict",

@@ -173,7 +173,7 @@ fn key_not_found(key: &[u8]) -> Response {
 
 fn write_failed(err: Error, target: &RequestTarget) -> Response {
     let redirect = match &err {
-        Error::NotLeader(hint) => Some(target.on_leader(hint)),
+        Error::NotLeader(hint) if !hint.http_address.is_empty() => Some(target.on_leader(hint)),
         _ => None,
     };
     node_error(err, redirect)

@@ -167,6 +167,18 @@ impl PeerClient {
         Err(Error::NoLeader)
     }
 
+    pub async fn notify_removed(&self, address: &str, name: &str) -> Result<()> {
+        let mut request = Request::new(LeaveRequest {
+            id: name.to_string(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        self.client(address)?
+            .notify_removed(request)
+            .await
+            .map_err(|s| Self::status_error(address, s))?;
+        Ok(())
+    }
+
     pub async fn leave(&self, address: &str, name: &str) -> Result<()> {
         let mut request = Request::new(LeaveRequest {
             id: name.to_string(),
@@ -236,6 +248,21 @@ impl Peer for PeerService {
             Ok(()) => ChangeReply::default(),
             Err(e) => error_to_reply(&e),
         }))
+    }
+
+    async fn notify_removed(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> std::result::Result<Response<ChangeReply>, Status> {
+        let name = request.into_inner().id;
+        if name != self.node.info.name {
+            return Err(Status::invalid_argument(format!(
+                "this node is '{}', not '{name}'",
+                self.node.info.name
+            )));
+        }
+        self.node.mark_removed();
+        Ok(Response::new(ChangeReply::default()))
     }
 
     async fn read_index(

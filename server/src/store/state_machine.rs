@@ -16,6 +16,7 @@ use openraft::{
 };
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncSeekExt;
 
 use super::snapshot::{self, SnapshotError, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
@@ -495,20 +496,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let write_err = |e: std::io::Error| io_err(subject(), ErrorVerb::Write, e);
+        // Copy from the handle we are given (not the path we handed out):
+        // openraft may hand back any snapshot data, and the copy also lands
+        // under the snapshot's own name.
+        let mut snapshot = snapshot;
         snapshot
-            .sync_all()
+            .seek(std::io::SeekFrom::Start(0))
             .await
-            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
-        drop(snapshot);
-        let received = self.receiving.take().ok_or_else(|| {
-            io_err(
-                subject(),
-                ErrorVerb::Read,
-                std::io::Error::other("install without a received snapshot file"),
-            )
-        })?;
-        let db = self.db.clone();
+            .map_err(write_err)?;
         let file = format!("{}.snap", meta.snapshot_id);
+        let received = self.db.snapshot_dir().join(format!("{file}.tmp"));
+        let mut out = tokio::fs::File::create(&received)
+            .await
+            .map_err(write_err)?;
+        tokio::io::copy(&mut snapshot, &mut out)
+            .await
+            .map_err(write_err)?;
+        out.sync_all().await.map_err(write_err)?;
+        drop(out);
+        drop(snapshot);
+        if let Some(path) = self.receiving.take() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        let db = self.db.clone();
         let installed = blocking(move || {
             let path = db.snapshot_dir().join(&file);
             std::fs::rename(&received, &path)?;

@@ -13,6 +13,9 @@ async fn main() {
     if let Some(file) = &config.config_file {
         log::info!("configuration file: {}", file.display());
     }
+    // Installed before the node starts, so a signal during start-up still
+    // leads to a clean shutdown rather than the default (death).
+    let signals = Signals::install();
     let node = match cete_server::start_node(config).await {
         Ok(node) => node,
         Err(e) => {
@@ -21,16 +24,29 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    wait_for_signal().await;
+    signals.wait().await;
     log::info!("shutting down");
     node.shutdown().await;
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            terminate: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
+        }
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }

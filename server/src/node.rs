@@ -24,6 +24,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for its read index.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A leader that has not heard from a quorum for this long is not ready
+/// (twice the longest election timeout).
+const QUORUM_CONTACT_LIMIT_MS: u64 = 3000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
     /// Read index from the leader, then a local read once applied that far.
@@ -175,32 +179,22 @@ impl Cete {
     /// The log index a linearizable read must see, from this node if it
     /// leads, else from the leader over gRPC.
     async fn read_index(&self) -> Result<u64> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                let hint = match self.not_leader() {
-                    Error::NotLeader(hint) => hint,
-                    other => return Err(other),
-                };
-                self.peers.read_index(&hint.grpc_address).await
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
-                Error::Timeout(format!("leadership not confirmed by a quorum: {e}")),
-            ),
-            Err(RaftError::Fatal(_)) => Err(Error::ShuttingDown),
+        match self.leader_read_index().await {
+            Err(Error::NotLeader(hint)) => self.peers.read_index(&hint.grpc_address).await,
+            other => other,
         }
     }
 
-    /// Serves as leader for a follower's read: confirms leadership with a
-    /// quorum and returns the index to wait for.
+    /// Serves as leader for a read (its own or a follower's): confirms
+    /// leadership with a quorum and returns the index to wait for.
     pub async fn leader_read_index(&self) -> Result<u64> {
         match self.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(self.not_leader())
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
-                Error::Timeout(format!("leadership not confirmed by a quorum: {e}")),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
+                Error::Timeout("the leader could not confirm its leadership with a quorum".into()),
             ),
             Err(RaftError::Fatal(_)) => Err(Error::ShuttingDown),
         }
@@ -303,6 +297,19 @@ impl Cete {
         let m = self.metrics();
         if m.current_leader.is_none() {
             return Err("no known leader".into());
+        }
+        if m.current_leader == Some(self.id) {
+            // A leader cut off from its quorum cannot serve; say so before
+            // an election elsewhere does.
+            match m.millis_since_quorum_ack {
+                Some(ms) if ms <= QUORUM_CONTACT_LIMIT_MS => {}
+                Some(ms) => {
+                    return Err(format!(
+                        "the leader has not heard from a quorum for {ms} ms"
+                    ))
+                }
+                None => return Err("the leader has not yet heard from a quorum".into()),
+            }
         }
         let applied = m.last_applied.map_or(0, |l| l.index);
         if applied < self.ready_after {
@@ -447,7 +454,7 @@ impl Cete {
     }
 
     /// Asks the node at `grpc_address` who it is, for joins by address.
-    pub async fn fetch_node_info(&self, grpc_address: &str) -> Result<NodeInfo> {
+    pub async fn fetch_node_info(&self, grpc_address: &str) -> Result<(NodeInfo, String)> {
         self.peers.node_info(grpc_address).await
     }
 

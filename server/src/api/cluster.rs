@@ -13,7 +13,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::error::{node_error, ApiError};
-use super::{request_target, with_node, RequestTarget};
+use super::{limited_body, request_target, with_node, RequestTarget};
 use crate::errors::Error;
 use crate::node::Cete;
 use crate::raft::NodeInfo;
@@ -34,8 +34,7 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
         .and(warp::put())
         .and(with_node(node.clone()))
         .and(request_target())
-        .and(warp::body::content_length_limit(MAX_JOIN_BODY))
-        .and(warp::body::bytes())
+        .and(limited_body(MAX_JOIN_BODY))
         .then(join);
     let leave = warp::path!("v1" / "cluster" / String)
         .and(warp::delete())
@@ -163,10 +162,23 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     } else {
         return node_error(Error::NoLeader, None);
     }
-    let info = match node.fetch_node_info(&grpc_addr).await {
-        Ok(info) => info,
+    let (info, state) = match node.fetch_node_info(&grpc_addr).await {
+        Ok(found) => found,
         Err(e) => return node_error(e, None),
     };
+    let already_member = node.cluster_status().0.contains_key(&info.name);
+    if !already_member && matches!(state.as_str(), "Leader" | "Candidate") {
+        // Merging two clusters would make one of them lose its log.
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "node '{}' already runs its own cluster; restart it with an empty --data-directory and --peer-grpc-address={}",
+                info.name, node.info.grpc_address
+            ),
+        )
+        .into_response();
+    }
     if info.name != id {
         return ApiError::new(
             StatusCode::CONFLICT,

@@ -12,7 +12,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::error::{node_error, ApiError};
-use super::{parse_consistency, request_target, with_node, RequestTarget};
+use super::{limited_body, parse_consistency, request_target, with_node, RequestTarget};
 use crate::errors::Error;
 use crate::node::Cete;
 use crate::raft::{Command, CommandResult, Precondition};
@@ -48,8 +48,7 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("if-match"))
         .and(warp::header::optional::<String>("if-none-match"))
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        .and(limited_body(max_body))
         .then(put);
     let delete = key
         .and(warp::delete())

@@ -101,6 +101,20 @@ pub fn node_error(err: Error, redirect_to: Option<String>) -> Response {
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let err = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
+    } else if let Some(e) = rejection.find::<super::BodyTooLarge>() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ValueTooLarge",
+            format!(
+                "the request body is larger than the limit of {} bytes",
+                e.limit
+            ),
+        )
+    } else if let Some(e) = rejection.find::<super::BodyUnreadable>() {
+        ApiError::bad_request(
+            "BadRequest",
+            format!("cannot read the request body: {}", e.0),
+        )
     } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

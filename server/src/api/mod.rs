@@ -96,6 +96,61 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// A request body refused for its size.
+#[derive(Debug)]
+pub(crate) struct BodyTooLarge {
+    pub limit: u64,
+}
+
+impl warp::reject::Reject for BodyTooLarge {}
+
+/// A body unreadable mid-stream (the client went away).
+#[derive(Debug)]
+pub(crate) struct BodyUnreadable(pub String);
+
+impl warp::reject::Reject for BodyUnreadable {}
+
+/// The whole request body, at most `limit` bytes, with or without a
+/// Content-Length (chunked uploads such as `curl -T -` have none). A declared
+/// length over the limit is refused before anything is read.
+pub(crate) fn limited_body(
+    limit: u64,
+) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |declared: Option<u64>| async move {
+            match declared {
+                Some(n) if n > limit => Err(warp::reject::custom(BodyTooLarge { limit })),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |stream| collect_limited(stream, limit))
+}
+
+async fn collect_limited<S, B>(stream: S, limit: u64) -> Result<bytes::Bytes, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let mut stream = Box::pin(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| warp::reject::custom(BodyUnreadable(e.to_string())))?;
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Err(warp::reject::custom(BodyTooLarge { limit }));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
 pub(crate) fn parse_consistency(value: Option<&str>) -> Result<Consistency, ApiError> {
     match value {
         None | Some("linearizable") | Some("") => Ok(Consistency::Linearizable),

@@ -104,7 +104,8 @@ impl PeerClient {
         }
     }
 
-    pub async fn node_info(&self, address: &str) -> Result<NodeInfo> {
+    /// Who the node at `address` is, and its Raft state as it reports it.
+    pub async fn node_info(&self, address: &str) -> Result<(NodeInfo, String)> {
         let mut request = Request::new(NodeInfoRequest {});
         request.set_timeout(CALL_TIMEOUT);
         let reply = self
@@ -112,7 +113,9 @@ impl PeerClient {
             .get_node_info(request)
             .await
             .map_err(|s| Self::status_error(address, s))?;
-        Ok(from_pb(reply.into_inner()))
+        let reply = reply.into_inner();
+        let state = reply.state.clone();
+        Ok((from_pb(reply), state))
     }
 
     pub async fn read_index(&self, address: &str) -> Result<u64> {

@@ -773,7 +773,7 @@ async fn join_and_leave_via_rest_and_cli() {
         // Neither changed the membership.
         wait_membership(&remaining, &["node1", "node2"], SETTLE).await;
 
-        // The CLI removes node2 (sent to node1: a follower redirects it).
+        // The CLI removes node2 (sent to node1; a follower would redirect it).
         let out = run_cli(&cluster.nodes[0], &["leave", "node2"], None);
         assert!(
             out.status.success(),

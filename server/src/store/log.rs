@@ -8,10 +8,10 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
-use super::{decode, encode, Db, StoreError, CF_LOGS, CF_RAFT};
+use super::{blocking, decode, encode, io_err, Db, StoreError, CF_LOGS, CF_RAFT};
 use crate::raft::typ::{Entry, LogId, StorageError, Vote};
 use crate::raft::TypeConfig;
 
@@ -22,6 +22,37 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Group commit: appends are written to RocksDB unsynced (so they are
+/// readable at once) and their callbacks queued here; one thread syncs the
+/// WAL once for everything queued so far, then acknowledges all of it.
+/// Under load many appends share one fsync.
+fn spawn_flusher(db: Db) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    std::thread::Builder::new()
+        .name("cete-wal-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(rx.try_iter());
+                let result = db.rocks().flush_wal(true);
+                for callback in waiting {
+                    callback.log_io_completed(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                    );
+                }
+                if let Err(e) = result {
+                    log::error!("syncing the raft log failed: {e}");
+                }
+            }
+        })
+        .expect("the WAL sync thread starts");
+    tx
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -38,24 +69,12 @@ fn synced() -> WriteOptions {
     opts
 }
 
-fn io_err(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::error::Error + 'static,
-) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
-}
-
-/// Runs blocking RocksDB work off the async runtime's worker threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("storage tasks do not panic")
-}
-
 impl LogStore {
     pub fn new(db: Db) -> LogStore {
-        LogStore { db }
+        LogStore {
+            flusher: spawn_flusher(db.clone()),
+            db,
+        }
     }
 
     fn read_raft_key<T: serde::de::DeserializeOwned>(
@@ -202,10 +221,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
         }
         let db = self.db.clone();
-        let result = blocking(move || db.rocks().write_opt(batch, &synced())).await;
+        // Unsynced: the flusher's sync acknowledges it (see spawn_flusher).
+        let result = blocking(move || db.rocks().write(batch)).await;
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.flusher.send(callback) {
+                    unsent.0.log_io_completed(Err(std::io::Error::other(
+                        "the WAL sync thread stopped",
+                    )));
+                }
                 Ok(())
             }
             Err(e) => {

@@ -129,6 +129,22 @@ pub async fn open(data_directory: &Path) -> Result<(LogStore, StateMachine), Sto
     Ok((log, sm))
 }
 
+/// An openraft storage error for `subject`, keeping the cause.
+pub(crate) fn io_err(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> crate::raft::typ::StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+/// Runs blocking RocksDB work off the async runtime's worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("storage tasks do not panic")
+}
+
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
         .expect("in-memory encoding of our own types cannot fail")

@@ -11,16 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
-};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::snapshot::{self, SnapshotError, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
-use super::{decode, encode, Db, StoreError, CF_DATA, CF_META};
+use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_META};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use crate::raft::{Command, CommandResult, Precondition, SnapshotData, TypeConfig};
 
@@ -49,22 +47,8 @@ pub struct StateMachine {
     receiving: Option<PathBuf>,
 }
 
-fn io_err(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::error::Error + 'static,
-) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
-}
-
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::StateMachine, verb, e)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("storage tasks do not panic")
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Option<T>, StoreError> {

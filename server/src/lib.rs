@@ -4,6 +4,9 @@
 //!
 //! [`start_node`] starts everything; the binary and the tests both call it.
 
+// openraft's storage traits return its StorageError by value; it is large by design.
+#![allow(clippy::result_large_err)]
+
 pub mod api;
 pub mod config;
 pub mod errors;

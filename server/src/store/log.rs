@@ -29,7 +29,11 @@ pub struct LogStore {
 /// readable at once) and their callbacks queued here; one thread syncs the
 /// WAL once for everything queued so far, then acknowledges all of it.
 /// Under load many appends share one fsync.
-fn spawn_flusher(db: Db) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+///
+/// The thread holds the database weakly so that it never keeps RocksDB open
+/// past the node's shutdown.
+fn spawn_flusher(db: &Db) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+    let db = db.downgrade();
     let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
     std::thread::Builder::new()
         .name("cete-wal-sync".into())
@@ -37,14 +41,12 @@ fn spawn_flusher(db: Db) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
-                let result = db.rocks().flush_wal(true);
+                let result = match db.upgrade() {
+                    Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                    None => Err("the database is closed".to_string()),
+                };
                 for callback in waiting {
-                    callback.log_io_completed(
-                        result
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| std::io::Error::other(e.to_string())),
-                    );
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
                 if let Err(e) = result {
                     log::error!("syncing the raft log failed: {e}");
@@ -72,7 +74,7 @@ fn synced() -> WriteOptions {
 impl LogStore {
     pub fn new(db: Db) -> LogStore {
         LogStore {
-            flusher: spawn_flusher(db.clone()),
+            flusher: spawn_flusher(&db),
             db,
         }
     }

@@ -82,6 +82,11 @@ impl Db {
         })
     }
 
+    /// A handle that does not keep the database open.
+    pub fn downgrade(&self) -> std::sync::Weak<DB> {
+        Arc::downgrade(&self.inner)
+    }
+
     pub fn rocks(&self) -> &DB {
         &self.inner
     }

@@ -166,6 +166,8 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         config.data_directory.clone(),
     ));
 
+    tokio::spawn(stop_when_removed(node.clone()));
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -241,6 +243,30 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         shutdown,
         servers,
     })
+}
+
+/// Watches the replicated membership: once a configuration that was
+/// committed without this node arrives, the node stops taking part, even if
+/// the leader's removal notice never reached it.
+async fn stop_when_removed(node: Arc<Cete>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let removed = {
+            let m = metrics.borrow_and_update();
+            m.membership_config.log_id().is_some()
+                && m.membership_config
+                    .membership()
+                    .get_node(&node.id)
+                    .is_none()
+        };
+        if removed {
+            node.mark_removed();
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Asks `peer` to add this node until it is a member (or the node stops).

@@ -98,10 +98,14 @@ pub fn init(cfg: &LogSettings) -> Result<(), LoggingError> {
         parse_level(&cfg.level).ok_or_else(|| LoggingError::InvalidLevel(cfg.level.clone()))?;
     // openraft narrates every vote and append one level below ours; keep it
     // a level quieter unless tracing everything.
+    // tracing's span enter/exit records (target `tracing::span`) are noise.
     let default_filter = match level {
-        log::LevelFilter::Info => "info,openraft=warn".to_string(),
-        log::LevelFilter::Debug => "debug,openraft=info".to_string(),
-        other => other.to_string().to_ascii_lowercase(),
+        log::LevelFilter::Info => "info,openraft=warn,tracing::span=off".to_string(),
+        log::LevelFilter::Debug => "debug,openraft=info,tracing::span=off".to_string(),
+        other => format!(
+            "{},tracing::span=off",
+            other.to_string().to_ascii_lowercase()
+        ),
     };
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));

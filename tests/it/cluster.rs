@@ -735,7 +735,18 @@ async fn join_and_leave_via_rest_and_cli() {
         )
         .await;
         leader_idx = index_of(&cluster, &leader);
-        // node3 is out: stop it (its log shows on failure either way).
+        // node3 learns of its removal, says so, and stops taking part.
+        let node3_url = cluster.nodes[2].url("/v1/node");
+        wait_until(SETTLE, "node3 reports state Removed", || {
+            let client = client.clone();
+            let url = node3_url.clone();
+            async move {
+                let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+                (body["node"]["state"] == "Removed" && body["node"]["member"] == false)
+                    .then_some(())
+            }
+        })
+        .await;
         cluster.nodes[2].terminate();
         let remaining = [&cluster.nodes[0], &cluster.nodes[1]];
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{bounded, run_cli, wait_until, Cluster, NodeProc};
+use crate::harness::{assert_error_body, bounded, run_cli, wait_until, Cluster, NodeProc};
 
 /// Deadline of one test, start-up included. The machine is small and other
 /// builds may share it, so this is well above the ~60 s a test should take.
@@ -49,23 +49,6 @@ async fn status_text(resp: reqwest::Response) -> (u16, String) {
 /// Parses a JSON body, naming `what` on failure.
 fn parse(text: &str, what: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {text}"))
-}
-
-/// Asserts an error body `{"error": {"code": one of codes, "message": "..."}}`.
-fn assert_error_code(text: &str, codes: &[&str], what: &str) -> Value {
-    let body = parse(text, what);
-    let code = body["error"]["code"].as_str().unwrap_or_default();
-    assert!(
-        codes.contains(&code),
-        "{what}: error code {code:?} is not one of {codes:?}: {body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{what}: error message missing in {body}"
-    );
-    body
 }
 
 /// GET a JSON document from a node (any status); `None` if unreachable or not JSON.
@@ -121,7 +104,7 @@ async fn read_key(
     match status {
         200 => Some(text),
         404 => {
-            assert_error_code(&text, &["KeyNotFound"], &url);
+            assert_error_body(&text, &["KeyNotFound"], &url);
             None
         }
         _ => panic!("GET {url} on {}: {status} {text}", node.name),
@@ -420,7 +403,7 @@ async fn follower_write_redirect() {
             .to_string();
         assert_eq!(hinted, leader_node.name, "X-Cete-Leader");
         let (_, text) = status_text(resp).await;
-        let body = assert_error_code(&text, &["NotLeader"], "307 body");
+        let body = assert_error_body(&text, &["NotLeader"], "307 body");
         assert_eq!(body["leader"]["id"], json!(leader_node.name), "{body}");
         assert_eq!(
             body["leader"]["http_addr"],
@@ -757,7 +740,7 @@ async fn join_and_leave_via_rest_and_cli() {
             .expect("DELETE unknown node");
         let (status, text) = status_text(resp).await;
         assert_eq!(status, 404, "DELETE /v1/cluster/nosuchnode: {text}");
-        assert_error_code(&text, &["NodeNotFound"], "DELETE unknown node");
+        assert_error_body(&text, &["NodeNotFound"], "DELETE unknown node");
 
         // Bad join requests.
         let join_url = cluster.nodes[leader_idx].url("/v1/cluster/node9");
@@ -770,7 +753,7 @@ async fn join_and_leave_via_rest_and_cli() {
             .expect("PUT invalid JSON");
         let (status, text) = status_text(resp).await;
         assert_eq!(status, 400, "PUT invalid JSON: {text}");
-        assert_error_code(&text, &["InvalidJson"], "PUT invalid JSON");
+        assert_error_body(&text, &["InvalidJson"], "PUT invalid JSON");
         // node2's gRPC address answers as node2, not node9.
         let resp = client
             .put(&join_url)
@@ -780,7 +763,7 @@ async fn join_and_leave_via_rest_and_cli() {
             .expect("PUT with another node's address");
         let (status, text) = status_text(resp).await;
         assert_eq!(status, 409, "PUT node9 with node2's grpc_addr: {text}");
-        assert_error_code(&text, &["Conflict"], "PUT with a mismatched id");
+        assert_error_body(&text, &["Conflict"], "PUT with a mismatched id");
         // Neither changed the membership.
         wait_membership(&remaining, &["node1", "node2"], SETTLE).await;
 
@@ -992,10 +975,10 @@ async fn no_leader_gives_503() {
         );
         match status {
             503 => {
-                assert_error_code(&text, &["NoLeader", "Timeout"], "write without quorum");
+                assert_error_body(&text, &["NoLeader", "Timeout"], "write without quorum");
             }
             504 => {
-                assert_error_code(&text, &["OutcomeUnknown"], "write without quorum");
+                assert_error_body(&text, &["OutcomeUnknown"], "write without quorum");
             }
             _ => panic!("write without quorum: {status} {text}"),
         }
@@ -1020,7 +1003,7 @@ async fn no_leader_gives_503() {
         let retry_after = resp.headers().get("retry-after").cloned();
         let (status, text) = status_text(resp).await;
         assert_eq!(status, 503, "linearizable read without a leader: {text}");
-        assert_error_code(&text, &["NoLeader", "Timeout"], "linearizable read");
+        assert_error_body(&text, &["NoLeader", "Timeout"], "linearizable read");
         assert!(retry_after.is_some(), "503 without Retry-After: {text}");
         assert_eq!(
             read_key(&client, node, "quorum/before", Some("stale"))
@@ -1073,10 +1056,10 @@ async fn isolated_leader_gives_503_or_504() {
         );
         match status {
             503 => {
-                assert_error_code(&text, &["NoLeader", "Timeout"], "write without quorum");
+                assert_error_body(&text, &["NoLeader", "Timeout"], "write without quorum");
             }
             504 => {
-                assert_error_code(&text, &["OutcomeUnknown"], "write without quorum");
+                assert_error_body(&text, &["OutcomeUnknown"], "write without quorum");
             }
             _ => panic!("write without quorum: {status} {text}"),
         }
@@ -1093,7 +1076,7 @@ async fn isolated_leader_gives_503_or_504() {
             sent.elapsed()
         );
         assert_eq!(status, 503, "linearizable read without quorum: {text}");
-        assert_error_code(&text, &["NoLeader", "Timeout"], "linearizable read");
+        assert_error_body(&text, &["NoLeader", "Timeout"], "linearizable read");
         assert!(
             sent.elapsed() <= Duration::from_secs(15),
             "{:?}",

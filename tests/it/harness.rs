@@ -591,3 +591,22 @@ pub fn run_cli(node: &NodeProc, args: &[&str], stdin: Option<&[u8]>) -> std::pro
     }
     output
 }
+
+/// Asserts `text` is the one JSON error shape `{"error": {"code": <one of codes>, "message": "..."}}`
+/// and returns it parsed; `what` names the request in failure messages.
+pub fn assert_error_body(text: &str, codes: &[&str], what: &str) -> serde_json::Value {
+    let body: serde_json::Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text}"));
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    assert!(
+        codes.contains(&code),
+        "{what}: error code {code:?} is not one of {codes:?}: {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: error message missing in {body}"
+    );
+    body
+}

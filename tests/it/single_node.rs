@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::harness::{bounded, run_cli, wait_until, Cluster, NodeProc};
+use crate::harness::{assert_error_body, bounded, run_cli, wait_until, Cluster, NodeProc};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const READY: Duration = Duration::from_secs(30);
@@ -46,16 +46,7 @@ async fn expect_error(resp: reqwest::Response, status: u16, code: &str, what: &s
         content_type.starts_with("application/json"),
         "{what}: error Content-Type is {content_type:?}, body {text}"
     );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text}"));
-    assert_eq!(body["error"]["code"], code, "{what}: error code in {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{what}: error message missing in {body}"
-    );
-    body
+    assert_error_body(&text, &[code], what)
 }
 
 async fn json_body(resp: reqwest::Response, status: u16, what: &str) -> Value {

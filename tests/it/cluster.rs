@@ -1005,20 +1005,27 @@ async fn no_leader_gives_503() {
         assert_eq!(status, 503, "linearizable read without a leader: {text}");
         assert_error_body(&text, &["NoLeader", "Timeout"], "linearizable read");
         assert!(retry_after.is_some(), "503 without Retry-After: {text}");
-        assert_eq!(
-            read_key(&client, node, "quorum/before", Some("stale"))
-                .await
-                .as_deref(),
-            Some("kept"),
-            "stale read on the survivor"
-        );
-        assert_eq!(
-            read_key(&client, node, "quorum/lost", Some("stale")).await,
-            None,
-            "the refused write is not there"
-        );
+        assert_stale_view(&client, node, "quorum", "the survivor").await;
     })
     .await
+}
+
+/// Without a quorum, `node` still serves stale reads: `<prefix>/before`
+/// (committed earlier) reads "kept", and `<prefix>/lost` (refused or never
+/// committed) is absent.
+async fn assert_stale_view(client: &reqwest::Client, node: &NodeProc, prefix: &str, who: &str) {
+    assert_eq!(
+        read_key(client, node, &format!("{prefix}/before"), Some("stale"))
+            .await
+            .as_deref(),
+        Some("kept"),
+        "stale read on {who}"
+    );
+    assert_eq!(
+        read_key(client, node, &format!("{prefix}/lost"), Some("stale")).await,
+        None,
+        "a write without quorum was applied on {who}"
+    );
 }
 
 /// The other side of `no_leader_gives_503`: the survivor is the old leader,
@@ -1082,18 +1089,7 @@ async fn isolated_leader_gives_503_or_504() {
             "{:?}",
             sent.elapsed()
         );
-        assert_eq!(
-            read_key(&client, node, "isolated/before", Some("stale"))
-                .await
-                .as_deref(),
-            Some("kept"),
-            "stale read on the isolated leader"
-        );
-        assert_eq!(
-            read_key(&client, node, "isolated/lost", Some("stale")).await,
-            None,
-            "an uncommitted write must not be applied"
-        );
+        assert_stale_view(&client, node, "isolated", "the isolated leader").await;
     })
     .await
 }

@@ -121,14 +121,6 @@ struct JoinBody {
     metadata: JoinMetadata,
 }
 
-fn redirect_or_error(err: Error, target: &RequestTarget) -> Response {
-    let redirect = match &err {
-        Error::NotLeader(hint) if !hint.http_address.is_empty() => Some(target.on_leader(hint)),
-        _ => None,
-    };
-    node_error(err, redirect)
-}
-
 async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -> Response {
     let id = match percent_encoding::percent_decode_str(&id).decode_utf8() {
         Ok(id) if !id.is_empty() => id.into_owned(),
@@ -157,7 +149,7 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     // Only the leader changes membership: send the client there first.
     if let Some(hint) = node.leader_hint() {
         if hint.id != node.info.name {
-            return redirect_or_error(Error::NotLeader(hint), &target);
+            return node_error(Error::NotLeader(hint), Some(&target));
         }
     } else {
         return node_error(Error::NoLeader, None);
@@ -211,7 +203,7 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     }
     match node.join(info).await {
         Ok(()) => warp::reply::json(&json!({})).into_response(),
-        Err(e) => redirect_or_error(e, &target),
+        Err(e) => node_error(e, Some(&target)),
     }
 }
 
@@ -221,7 +213,7 @@ async fn leave(id: String, node: Arc<Cete>, target: RequestTarget) -> Response {
         .into_owned();
     match node.leave(&id).await {
         Ok(()) => warp::reply::json(&json!({})).into_response(),
-        Err(e) => redirect_or_error(e, &target),
+        Err(e) => node_error(e, Some(&target)),
     }
 }
 

@@ -170,14 +170,6 @@ fn key_not_found(key: &[u8]) -> Response {
     .into_response()
 }
 
-fn write_failed(err: Error, target: &RequestTarget) -> Response {
-    let redirect = match &err {
-        Error::NotLeader(hint) if !hint.http_address.is_empty() => Some(target.on_leader(hint)),
-        _ => None,
-    };
-    node_error(err, redirect)
-}
-
 async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: ReadQuery) -> Response {
     let key = match decode_key(tail.as_str()) {
         Ok(key) => key,
@@ -252,7 +244,7 @@ async fn put(
             Error::Internal(format!("unexpected apply result {other:?}")),
             None,
         ),
-        Err(e) => write_failed(e, &target),
+        Err(e) => node_error(e, Some(&target)),
     }
 }
 
@@ -286,7 +278,7 @@ async fn delete(
             Error::Internal(format!("unexpected apply result {other:?}")),
             None,
         ),
-        Err(e) => write_failed(e, &target),
+        Err(e) => node_error(e, Some(&target)),
     }
 }
 

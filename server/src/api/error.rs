@@ -51,27 +51,34 @@ impl ApiError {
     }
 }
 
-/// Maps a node error to its response. `redirect_to` is the full URL of the
-/// same request on the leader, for errors that send the client there.
-pub fn node_error(err: Error, redirect_to: Option<String>) -> Response {
-    let (status, code) = match &err {
-        Error::NotLeader(_) => (StatusCode::TEMPORARY_REDIRECT, "NotLeader"),
-        Error::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "NoLeader"),
-        Error::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "OutcomeUnknown"),
-        Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "Timeout"),
-        Error::NodeNotFound(_) => (StatusCode::NOT_FOUND, "NodeNotFound"),
-        Error::MembershipChangeInProgress => (StatusCode::CONFLICT, "MembershipChangeInProgress"),
-        Error::QuorumLoss(_) => (StatusCode::CONFLICT, "QuorumLoss"),
-        Error::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-        Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-        Error::PeerUnavailable(_) => (StatusCode::BAD_GATEWAY, "PeerUnavailable"),
-        Error::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
-        Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown"),
-        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+/// Maps a node error to its response. With the request's `target`, a
+/// `NotLeader` becomes a 307 to the same request on the leader; without one
+/// (or with no leader address to send to) it is a 503 `NoLeader`.
+pub(crate) fn node_error(err: Error, target: Option<&super::RequestTarget>) -> Response {
+    let status = match &err {
+        Error::NotLeader(_) => StatusCode::TEMPORARY_REDIRECT,
+        Error::NoLeader | Error::Timeout(_) | Error::Storage(_) | Error::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Error::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::NodeNotFound(_) => StatusCode::NOT_FOUND,
+        Error::MembershipChangeInProgress | Error::QuorumLoss(_) | Error::Conflict(_) => {
+            StatusCode::CONFLICT
+        }
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::PeerUnavailable(_) => StatusCode::BAD_GATEWAY,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if let (Error::NotLeader(hint), Some(location)) = (&err, redirect_to) {
+    if let Error::NotLeader(hint) = &err {
+        let location = target
+            .filter(|_| !hint.http_address.is_empty())
+            .map(|t| t.on_leader(hint));
+        let Some(location) = location else {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NoLeader", err.to_string())
+                .into_response();
+        };
         let body = json!({
-            "error": {"code": code, "message": err.to_string()},
+            "error": {"code": err.code(), "message": err.to_string()},
             "leader": {"id": hint.id, "http_addr": hint.http_address},
         });
         let mut response =
@@ -84,17 +91,7 @@ pub fn node_error(err: Error, redirect_to: Option<String>) -> Response {
         }
         return response;
     }
-    let code = if matches!(err, Error::NotLeader(_)) {
-        "NoLeader"
-    } else {
-        code
-    };
-    let status = if matches!(err, Error::NotLeader(_)) {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        status
-    };
-    ApiError::new(status, code, err.to_string()).into_response()
+    ApiError::new(status, err.code(), err.to_string()).into_response()
 }
 
 /// Routing failures (unknown path, wrong method, bad query, oversized body) as JSON.
@@ -115,14 +112,6 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "BadRequest",
             format!("cannot read the request body: {}", e.0),
         )
-    } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ValueTooLarge",
-            e.to_string(),
-        )
-    } else if let Some(e) = rejection.find::<warp::reject::LengthRequired>() {
-        ApiError::new(StatusCode::LENGTH_REQUIRED, "LengthRequired", e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::bad_request("InvalidArgument", e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {

@@ -27,7 +27,7 @@ pub enum Error {
     MembershipChangeInProgress,
     #[error("the change would leave the cluster without a quorum: {0}")]
     QuorumLoss(String),
-    #[error("conflict: {0}")]
+    #[error("{0}")]
     Conflict(String),
     #[error("bad request: {0}")]
     InvalidArgument(String),

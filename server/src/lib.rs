@@ -133,6 +133,17 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     };
     let id = node_id_of(&info.name);
 
+    let removed_marker = config.data_directory.join(node::REMOVED_MARKER);
+    if removed_marker.exists() {
+        anyhow::bail!(
+            "node {} was removed from its cluster ({} exists); to take part again, start it with an empty --data-directory",
+            info.name,
+            removed_marker.display()
+        );
+    }
+    let awaiting_join = store::finish_interrupted_wipe(&config.data_directory)
+        .with_context(|| format!("--data-directory {}", config.data_directory.display()))?;
+
     let (mut log_store, state_machine) =
         store::open(&config.data_directory).await.with_context(|| {
             format!(
@@ -210,7 +221,21 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         .clone()
         .filter(|p| !p.is_empty() && *p != config.grpc_address && *p != info.grpc_address);
     let initialized = raft.is_initialized().await.context("reading raft state")?;
+    if initialized {
+        tokio::spawn({
+            let node = node.clone();
+            async move { node.detect_removal_while_down().await }
+        });
+        if awaiting_join {
+            store::clear_awaiting_join(&config.data_directory)?;
+        }
+    }
     match (initialized, peer) {
+        (false, None) if awaiting_join => {
+            log::info!(
+                "waiting to be added to a cluster (this node's state was dropped for a join)"
+            );
+        }
         (false, None) => {
             log::info!("bootstrapping a new cluster with {info}");
             raft.initialize(BTreeMap::from([(id, info.clone())]))
@@ -243,6 +268,46 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         shutdown,
         servers,
     })
+}
+
+/// Runs a node until `stop` resolves, and starts it again in place when it
+/// asks to: a standalone node that another cluster adds drops its state and
+/// comes back empty, waiting to be added.
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(stop);
+    loop {
+        let handle = start_node(config.clone()).await?;
+        let node = handle.node.clone();
+        let restart = tokio::select! {
+            _ = &mut stop => {
+                log::info!("shutting down");
+                None
+            }
+            restart = node.restart_requested() => Some(restart),
+        };
+        let db = node.reader().db().downgrade();
+        drop(node);
+        handle.shutdown().await;
+        let Some(restart) = restart else {
+            return Ok(());
+        };
+        // The database must be closed before its files go or it reopens.
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            while db.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        anyhow::ensure!(closed.is_ok(), "the database did not close for a restart");
+        if restart == node::Restart::WipeForJoin {
+            store::wipe_for_join(&config.data_directory)
+                .context("dropping this node's state to join a cluster")?;
+        }
+        log::info!("starting node {} again ({restart:?})", config.id);
+    }
 }
 
 /// Watches the replicated membership: once a configuration that was

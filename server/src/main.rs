@@ -16,17 +16,11 @@ async fn main() {
     // Installed before the node starts, so a signal during start-up still
     // leads to a clean shutdown rather than the default (death).
     let signals = Signals::install();
-    let node = match cete_server::start_node(config).await {
-        Ok(node) => node,
-        Err(e) => {
-            log::error!("cannot start: {e:#}");
-            eprintln!("cete-server: {e:#}");
-            std::process::exit(1);
-        }
-    };
-    signals.wait().await;
-    log::info!("shutting down");
-    node.shutdown().await;
+    if let Err(e) = cete_server::run(config, signals.wait()).await {
+        log::error!("cannot start: {e:#}");
+        eprintln!("cete-server: {e:#}");
+        std::process::exit(1);
+    }
 }
 
 struct Signals {

@@ -69,6 +69,17 @@ pub struct Cete {
     data_directory: PathBuf,
     /// Set once this node learns it was removed from the cluster.
     removed: AtomicBool,
+    /// Set when the node must be started again in place (see `Restart`).
+    restart: tokio::sync::watch::Sender<Option<Restart>>,
+}
+
+/// Why a running node asks its runner to stop it and start it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Drop all state and wait to be added to another cluster.
+    WipeForJoin,
+    /// Start again with the state as it is.
+    Keep,
 }
 
 /// Marker left in the data directory of a removed node: it must not rejoin
@@ -98,6 +109,7 @@ impl Cete {
         Cete {
             data_directory,
             removed: AtomicBool::new(false),
+            restart: tokio::sync::watch::channel(None).0,
             id: node_id_of(&info.name),
             info,
             raft,
@@ -451,6 +463,157 @@ impl Cete {
             )));
         }
         Ok(())
+    }
+
+    /// Resolves once the node asks to be started again (see `Restart`).
+    pub async fn restart_requested(&self) -> Restart {
+        let mut requests = self.restart.subscribe();
+        let request = match requests.wait_for(Option::is_some).await {
+            Ok(request) => request.expect("waited for Some"),
+            Err(_) => return std::future::pending().await,
+        };
+        request
+    }
+
+    /// Called on a node by the leader of a cluster that wants to add it. A
+    /// node in no cluster yet is ready as it is. A one-node cluster that holds no keys stops Raft and
+    /// asks to be restarted empty, waiting to be added. Anything else is
+    /// refused: a member of a bigger cluster, or a node with data (joining
+    /// would discard it).
+    pub async fn prepare_join(&self, leader: &str) -> Result<()> {
+        self.check_standalone()?;
+        if self.metrics().membership_config.log_id().is_none() {
+            // Not part of any cluster yet: ready to be added as it is.
+            return Ok(());
+        }
+        self.check_empty().await?;
+        // Stop Raft before the last check, so that no write can be
+        // acknowledged between the check and the wipe.
+        if let Err(e) = self.raft.shutdown().await {
+            log::warn!("raft shutdown: {e}");
+        }
+        if let Err(e) = self.check_empty().await {
+            self.restart.send_replace(Some(Restart::Keep));
+            return Err(e);
+        }
+        log::warn!(
+            "node {} drops its one-node cluster to join the cluster of {leader}",
+            self.info.name
+        );
+        self.restart.send_replace(Some(Restart::WipeForJoin));
+        Ok(())
+    }
+
+    /// Asks the standalone node `name` at `grpc_address` to drop its
+    /// one-node cluster, so that this leader can add it.
+    pub async fn prepare_remote_join(&self, grpc_address: &str, name: &str) -> Result<()> {
+        self.peers
+            .prepare_join(grpc_address, name, &self.info.name)
+            .await
+    }
+
+    fn check_standalone(&self) -> Result<()> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let others: Vec<String> = membership
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, n)| n.name.clone())
+            .collect();
+        if !others.is_empty() {
+            return Err(Error::Conflict(format!(
+                "node '{}' is a member of a cluster with {}; remove it there first",
+                self.info.name,
+                others.join(", ")
+            )));
+        }
+        if self.removed.load(Ordering::SeqCst) {
+            return Err(Error::Conflict(format!(
+                "node '{}' was removed from a cluster; restart it with an empty data directory",
+                self.info.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn check_empty(&self) -> Result<()> {
+        let (_, holds_keys) = self
+            .reader
+            .list(Vec::new(), None, 0)
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        if holds_keys {
+            return Err(Error::Conflict(format!(
+                "node '{}' holds data that joining would discard; back it up, then restart it with an empty data directory and --peer-grpc-address",
+                self.info.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The latest committed membership this node has applied (log index,
+    /// member names).
+    pub async fn known_membership(&self) -> Result<(u64, Vec<String>)> {
+        let committed = self
+            .reader
+            .applied_membership()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let index = committed.log_id().map_or(0, |l| l.index);
+        let names = committed
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.name.clone())
+            .collect();
+        Ok((index, names))
+    }
+
+    /// A node that was down while the cluster removed it never receives the
+    /// configuration without it, and would campaign forever. While it has no
+    /// leader, it asks the other members of its last committed configuration
+    /// which configuration they know; one committed later that leaves this
+    /// node out means it was removed.
+    pub async fn detect_removal_while_down(&self) {
+        let mut leaderless_since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let m = self.metrics();
+            let stopped = self.raft.metrics().has_changed().is_err();
+            if stopped || self.removed.load(Ordering::SeqCst) || m.state == ServerState::Shutdown {
+                return;
+            }
+            if m.current_leader.is_some() {
+                leaderless_since = tokio::time::Instant::now();
+                continue;
+            }
+            if leaderless_since.elapsed() < Duration::from_secs(3) {
+                continue;
+            }
+            let Ok(committed) = self.reader.applied_membership().await else {
+                continue;
+            };
+            let ours = committed.log_id().map_or(0, |l| l.index);
+            let others: Vec<NodeInfo> = committed
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(_, n)| n.clone())
+                .collect();
+            for other in others {
+                match self.peers.membership(&other.grpc_address).await {
+                    Ok((index, members)) if index > ours && !members.contains(&self.info.name) => {
+                        log::warn!(
+                            "{} reports a configuration at index {index} without this node",
+                            other.name
+                        );
+                        self.mark_removed();
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::debug!("membership of {}: {e}", other.name),
+                }
+            }
+        }
     }
 
     /// Asks the node at `grpc_address` who it is, for joins by address.

@@ -1093,3 +1093,167 @@ async fn isolated_leader_gives_503_or_504() {
     })
     .await
 }
+
+/// The original README's "join later": nodes started standalone (each its
+/// own one-node cluster) join through `cete join` and `PUT /v1/cluster/{id}`.
+/// They drop their empty cluster, restart in place and get the data. A
+/// standalone node that holds data is refused and keeps its data.
+#[tokio::test]
+async fn standalone_nodes_join_later() {
+    bounded(TEST_TIMEOUT, async {
+        let mut cluster = Cluster::start(1, &[]).await;
+        let client = raw_client(Duration::from_secs(30));
+        put_ok(&client, &cluster.nodes[0], "before/join", "v1").await;
+        for name in ["node2", "node3", "node4"] {
+            let mut node = NodeProc::new(name, cluster.root.path(), None, &[]);
+            node.start();
+            node.wait_ready(SETTLE).await;
+            cluster.nodes.push(node);
+        }
+        // node4 takes a write of its own: joining would discard it.
+        put_ok(&client, &cluster.nodes[3], "mine", "node4's").await;
+
+        let out = run_cli(
+            &cluster.nodes[0],
+            &["join", "node2", &cluster.nodes[1].grpc_addr()],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "cete join node2: {:?}\nstdout {}\nstderr {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            cluster.dump_logs()
+        );
+        let node3 = &cluster.nodes[2];
+        let resp = client
+            .put(cluster.nodes[0].url("/v1/cluster/node3"))
+            .json(&json!({
+                "bind_addr": format!("127.0.0.1:{}", node3.raft_port),
+                "metadata": {
+                    "grpc_addr": node3.grpc_addr(),
+                    "http_addr": format!("127.0.0.1:{}", node3.http_port),
+                }
+            }))
+            .send()
+            .await
+            .expect("PUT /v1/cluster/node3");
+        let (status, text) = status_text(resp).await;
+        assert_eq!(status, 200, "PUT /v1/cluster/node3: {text}");
+
+        let three = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+        let leader = wait_membership(&three, &["node1", "node2", "node3"], SETTLE).await;
+        assert_eq!(leader, "node1");
+        for node in three {
+            let value = wait_until(SETTLE, "the data reaches the joined node", || async {
+                read_key(&client, node, "before/join", Some("stale")).await
+            })
+            .await;
+            assert_eq!(value, "v1", "on {}", node.name);
+        }
+        put_ok(&client, &cluster.nodes[0], "after/join", "v2").await;
+        assert_eq!(
+            read_key(&client, &cluster.nodes[2], "after/join", None).await,
+            Some("v2".into())
+        );
+
+        // node4 holds data: refused, nothing changes, its data stays.
+        let resp = client
+            .put(cluster.nodes[0].url("/v1/cluster/node4"))
+            .json(&json!({"metadata": {"grpc_addr": cluster.nodes[3].grpc_addr()}}))
+            .send()
+            .await
+            .expect("PUT /v1/cluster/node4");
+        let (status, text) = status_text(resp).await;
+        assert_eq!(status, 409, "PUT /v1/cluster/node4: {text}");
+        let body = assert_error_body(&text, &["Conflict"], "join a node with data");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("holds data")),
+            "{body}"
+        );
+        assert_eq!(
+            read_key(&client, &cluster.nodes[3], "mine", None).await,
+            Some("node4's".into())
+        );
+        wait_membership(&three, &["node1", "node2", "node3"], SETTLE).await;
+
+        // Restarting a joined node keeps it a member with its data.
+        cluster.nodes[1].terminate();
+        cluster.nodes[1].start();
+        let three = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+        wait_membership(&three, &["node1", "node2", "node3"], SETTLE).await;
+        let value = wait_until(SETTLE, "node2 serves after its restart", || async {
+            read_key(&client, &cluster.nodes[1], "after/join", Some("stale")).await
+        })
+        .await;
+        assert_eq!(value, "v2");
+    })
+    .await
+}
+
+/// A node removed while it was down learns of it from the others when it
+/// comes back, stops, and refuses to start on that data again.
+#[tokio::test]
+async fn node_removed_while_down_stops_when_back() {
+    bounded(TEST_TIMEOUT, async {
+        let mut cluster = Cluster::start(3, &[]).await;
+        let client = raw_client(Duration::from_secs(15));
+        let all: Vec<&NodeProc> = cluster.nodes.iter().collect();
+        let leader = wait_membership(&all, &["node1", "node2", "node3"], SETTLE).await;
+        let victim = (0..3)
+            .find(|i| cluster.nodes[*i].name != leader)
+            .expect("a follower");
+        cluster.nodes[victim].terminate();
+        let leader_idx = index_of(&cluster, &leader);
+        let victim_name = cluster.nodes[victim].name.clone();
+        let resp = client
+            .delete(cluster.nodes[leader_idx].url(&format!("/v1/cluster/{victim_name}")))
+            .send()
+            .await
+            .expect("DELETE the stopped node");
+        let (status, text) = status_text(resp).await;
+        assert_eq!(status, 200, "DELETE {victim_name}: {text}");
+
+        cluster.nodes[victim].start();
+        let url = cluster.nodes[victim].url("/v1/node");
+        wait_until(
+            SETTLE,
+            "the node removed while down reports Removed",
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+                    (body["node"]["state"] == "Removed" && body["node"]["member"] == false)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        let survivors: Vec<&NodeProc> = (0..3)
+            .filter(|i| *i != victim)
+            .map(|i| &cluster.nodes[i])
+            .collect();
+        let names: Vec<&str> = survivors.iter().map(|n| n.name.as_str()).collect();
+        wait_membership(&survivors, &names, SETTLE).await;
+
+        cluster.nodes[victim].terminate();
+        cluster.nodes[victim].start();
+        let status = wait_until(SETTLE, "the removed node exits at start", || {
+            let status = cluster.nodes[victim].try_exit_status();
+            async move { status }
+        })
+        .await;
+        assert!(!status.success(), "a removed node must not start again");
+        let stderr =
+            std::fs::read_to_string(cluster.nodes[victim].stderr_path()).unwrap_or_default();
+        assert!(
+            stderr.contains("was removed from its cluster"),
+            "stderr: {stderr}"
+        );
+    })
+    .await
+}

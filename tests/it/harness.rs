@@ -49,10 +49,28 @@ pub fn cli_bin() -> PathBuf {
     bin("cete")
 }
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
+/// A port that was free a moment ago. Taken at random below the kernel's
+/// ephemeral range (32768 and up on Linux), so that the source port of some
+/// outgoing connection cannot take it before the node binds it; never the
+/// same port twice in one test run.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN
+        .get_or_init(Default::default)
+        .lock()
+        .expect("port registry lock");
+    loop {
+        let port = rand::random_range(15_000..32_000);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.

@@ -158,19 +158,6 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
         Ok(found) => found,
         Err(e) => return node_error(e, None),
     };
-    let already_member = node.cluster_status().0.contains_key(&info.name);
-    if !already_member && matches!(state.as_str(), "Leader" | "Candidate") {
-        // Merging two clusters would make one of them lose its log.
-        return ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "node '{}' already runs its own cluster; restart it with an empty --data-directory and --peer-grpc-address={}",
-                info.name, node.info.grpc_address
-            ),
-        )
-        .into_response();
-    }
     if info.name != id {
         return ApiError::new(
             StatusCode::CONFLICT,
@@ -199,6 +186,16 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
                 format!("{field} is {given} in the request but the node reports {actual}"),
             )
             .into_response();
+        }
+    }
+    let already_member = node.cluster_status().0.contains_key(&info.name);
+    if !already_member {
+        // A node that runs a cluster of its own must not get our log on top
+        // of its own: a one-node cluster without data drops it and comes back
+        // empty; anything else is refused (409).
+        log::info!("preparing {} ({state}) to join", info.name);
+        if let Err(e) = node.prepare_remote_join(&grpc_addr, &info.name).await {
+            return node_error(e, None);
         }
     }
     match node.join(info).await {

@@ -14,8 +14,9 @@ use crate::node::Cete;
 use crate::proto::peer::peer_client::PeerClient as GrpcPeerClient;
 use crate::proto::peer::peer_server::Peer;
 use crate::proto::peer::{
-    ChangeReply, JoinRequest, LeaveRequest, NodeInfo as PbNodeInfo, NodeInfoRequest, NodeMetadata,
-    ReadIndexReply, ReadIndexRequest,
+    ChangeReply, JoinRequest, LeaveRequest, MembershipReply, MembershipRequest,
+    NodeInfo as PbNodeInfo, NodeInfoRequest, NodeMetadata, PrepareJoinRequest, ReadIndexReply,
+    ReadIndexRequest,
 };
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,9 +52,22 @@ fn error_to_reply(err: &Error) -> ChangeReply {
     };
     ChangeReply {
         error_code: err.code().to_string(),
-        error_message: err.to_string(),
+        error_message: error_payload(err),
         leader_id,
         leader_grpc_address,
+    }
+}
+
+/// The message to send for `err`: the payload only, as `reply_to_error`
+/// puts it back into the same variant, whose Display adds the wording once.
+fn error_payload(err: &Error) -> String {
+    match err {
+        Error::OutcomeUnknown(m)
+        | Error::Timeout(m)
+        | Error::NodeNotFound(m)
+        | Error::QuorumLoss(m)
+        | Error::Conflict(m) => m.clone(),
+        _ => err.to_string(),
     }
 }
 
@@ -182,6 +196,46 @@ impl PeerClient {
         Ok(())
     }
 
+    /// Asks the standalone node `name` at `address` to drop its one-node
+    /// cluster so that `leader` can add it.
+    pub async fn prepare_join(&self, address: &str, name: &str, leader: &str) -> Result<()> {
+        let mut request = Request::new(PrepareJoinRequest {
+            id: name.to_string(),
+            leader_id: leader.to_string(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .client(address)?
+            .prepare_join(request)
+            .await
+            .map_err(|s| Self::status_error(address, s))?
+            .into_inner();
+        if reply.error_code.is_empty() {
+            Ok(())
+        } else {
+            Err(reply_to_error(
+                &reply.error_code,
+                reply.error_message,
+                reply.leader_id,
+                reply.leader_grpc_address,
+            ))
+        }
+    }
+
+    /// The latest membership the node at `address` knows: its log index and
+    /// member names.
+    pub async fn membership(&self, address: &str) -> Result<(u64, Vec<String>)> {
+        let mut request = Request::new(MembershipRequest {});
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .client(address)?
+            .get_membership(request)
+            .await
+            .map_err(|s| Self::status_error(address, s))?
+            .into_inner();
+        Ok((reply.log_index, reply.members))
+    }
+
     pub async fn leave(&self, address: &str, name: &str) -> Result<()> {
         let mut request = Request::new(LeaveRequest {
             id: name.to_string(),
@@ -268,6 +322,37 @@ impl Peer for PeerService {
         Ok(Response::new(ChangeReply::default()))
     }
 
+    async fn prepare_join(
+        &self,
+        request: Request<PrepareJoinRequest>,
+    ) -> std::result::Result<Response<ChangeReply>, Status> {
+        let request = request.into_inner();
+        if request.id != self.node.info.name {
+            return Err(Status::invalid_argument(format!(
+                "this node is '{}', not '{}'",
+                self.node.info.name, request.id
+            )));
+        }
+        Ok(Response::new(
+            match self.node.prepare_join(&request.leader_id).await {
+                Ok(()) => ChangeReply::default(),
+                Err(e) => error_to_reply(&e),
+            },
+        ))
+    }
+
+    async fn get_membership(
+        &self,
+        _request: Request<MembershipRequest>,
+    ) -> std::result::Result<Response<MembershipReply>, Status> {
+        let (log_index, members) = self
+            .node
+            .known_membership()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(MembershipReply { log_index, members }))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,
@@ -280,7 +365,7 @@ impl Peer for PeerService {
             Err(e) => ReadIndexReply {
                 read_index: 0,
                 error_code: e.code().to_string(),
-                error_message: e.to_string(),
+                error_message: error_payload(&e),
             },
         }))
     }

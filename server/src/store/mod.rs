@@ -119,6 +119,58 @@ impl Db {
     }
 }
 
+/// Left in a data directory whose state was dropped so that the node can be
+/// added to another cluster: such a node must wait to be added, not
+/// bootstrap a cluster of its own. Its content says how far the wipe got.
+pub const AWAITING_JOIN_MARKER: &str = "AWAITING_JOIN";
+const WIPE_STARTED: &[u8] = b"wiping\n";
+const WIPE_DONE: &[u8] = b"waiting\n";
+
+/// Drops all state of the (closed) database in `data_directory` and marks it
+/// as waiting to be added to a cluster. Safe against a crash half way: the
+/// marker is written first, and [`finish_interrupted_wipe`] completes it.
+pub fn wipe_for_join(data_directory: &Path) -> std::io::Result<()> {
+    let marker = data_directory.join(AWAITING_JOIN_MARKER);
+    write_synced(&marker, WIPE_STARTED)?;
+    for dir in [data_directory.join("db"), snapshot_dir(data_directory)] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    write_synced(&marker, WIPE_DONE)
+}
+
+/// Completes a wipe a crash interrupted. Returns whether the directory waits
+/// to be added to a cluster.
+pub fn finish_interrupted_wipe(data_directory: &Path) -> std::io::Result<bool> {
+    match std::fs::read(data_directory.join(AWAITING_JOIN_MARKER)) {
+        Ok(content) if content == WIPE_DONE => Ok(true),
+        Ok(_) => wipe_for_join(data_directory).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Forgets the wait once the node is a member again.
+pub fn clear_awaiting_join(data_directory: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(data_directory.join(AWAITING_JOIN_MARKER)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn write_synced(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn snapshot_dir(data_directory: &Path) -> PathBuf {
     data_directory.join("snapshots")
 }

@@ -180,6 +180,15 @@ impl KvReader {
         &self.db
     }
 
+    /// The last membership the state machine applied: a committed one.
+    pub async fn applied_membership(&self) -> Result<StoredMembership, StoreError> {
+        let db = self.db.clone();
+        blocking(
+            move || Ok(read_meta::<StoredMembership>(&db, KEY_MEMBERSHIP)?.unwrap_or_default()),
+        )
+        .await
+    }
+
     /// Writes a consistent point-in-time snapshot file of the whole state
     /// machine to `path` (Raft snapshots and backups alike).
     pub async fn write_snapshot_file(

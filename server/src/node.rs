@@ -69,6 +69,8 @@ pub struct Cete {
     data_directory: PathBuf,
     /// Set once this node learns it was removed from the cluster.
     removed: AtomicBool,
+    /// This node's Prometheus series (see `crate::metrics`).
+    pub prometheus: crate::metrics::Metrics,
 }
 
 /// Marker left in the data directory of a removed node: it must not rejoin
@@ -96,6 +98,7 @@ impl Cete {
         data_directory: PathBuf,
     ) -> Cete {
         Cete {
+            prometheus: crate::metrics::Metrics::new(reader.db().snapshot_metrics()),
             data_directory,
             removed: AtomicBool::new(false),
             id: node_id_of(&info.name),

@@ -100,10 +100,8 @@ impl Default for SnapshotMetrics {
             IntCounter::new(name, help).expect("valid metric name and help")
         };
         let histogram = |name: &str, help: &str| {
-            Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(SNAPSHOT_BUCKETS.to_vec()),
-            )
-            .expect("valid metric name and buckets")
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(SNAPSHOT_BUCKETS.to_vec()))
+                .expect("valid metric name and buckets")
         };
         SnapshotMetrics {
             builds: counter(
@@ -360,11 +358,7 @@ impl Metrics {
         status: http::StatusCode,
         elapsed: Duration,
     ) {
-        let labels = [
-            route_template(path),
-            method_label(method),
-            status.as_str(),
-        ];
+        let labels = [route_template(path), method_label(method), status.as_str()];
         self.http_requests.with_label_values(&labels).inc();
         self.http_seconds
             .with_label_values(&labels)

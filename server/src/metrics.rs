@@ -498,6 +498,16 @@ mod tests {
     }
 
     #[test]
+    fn every_route_template_is_in_the_openapi_document() {
+        for route in ROUTES {
+            assert!(
+                include_str!("../../openapi.yaml").contains(&format!("\n  {route}:\n")),
+                "{route} is not a path of openapi.yaml"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_methods_share_one_label() {
         assert_eq!(method_label(&http::Method::PUT), "PUT");
         let odd = http::Method::from_bytes(b"PROPFIND").unwrap();

@@ -222,7 +222,8 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
-fn index(i: Option<u64>) -> i64 {
+/// An index or size as a gauge value (0 for none).
+fn gauge_value(i: Option<u64>) -> i64 {
     i64::try_from(i.unwrap_or(0)).unwrap_or(i64::MAX)
 }
 
@@ -375,11 +376,11 @@ impl Metrics {
 
     fn encode(&self, node: &Cete) -> Result<String, String> {
         let sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
-        sample(&sampled, node);
+        let has_quorum_ack = sample(&sampled, node);
         let mut families = self.registry.gather();
         // Only a leader has a quorum-ack age: keep the series absent elsewhere
         // rather than report a made-up value.
-        if node.metrics().millis_since_quorum_ack.is_some() {
+        if has_quorum_ack {
             families.extend(prometheus::core::Collector::collect(
                 &sampled.quorum_ack_seconds,
             ));
@@ -394,8 +395,9 @@ impl Metrics {
     }
 }
 
-/// Reads the current values into the scrape-time series.
-fn sample(s: &Sampled, node: &Cete) {
+/// Reads the current values into the scrape-time series. Returns whether
+/// the quorum-ack age was set (only a leader has one).
+fn sample(s: &Sampled, node: &Cete) -> bool {
     let m = node.metrics();
     let status = node.node_status();
 
@@ -403,7 +405,7 @@ fn sample(s: &Sampled, node: &Cete) {
     s.info
         .with_label_values(&[node.info.name.as_str(), env!("CARGO_PKG_VERSION")])
         .set(1);
-    s.term.set(index(Some(m.current_term)));
+    s.term.set(gauge_value(Some(m.current_term)));
     for state in STATES {
         s.state
             .with_label_values(&[*state])
@@ -413,13 +415,15 @@ fn sample(s: &Sampled, node: &Cete) {
     if let Some(leader) = &status.leader {
         s.leader.with_label_values(&[leader.as_str()]).set(1);
     }
-    s.last_log_index.set(index(m.last_log_index));
-    s.applied_index.set(index(m.last_applied.map(|l| l.index)));
-    s.snapshot_index.set(index(m.snapshot.map(|l| l.index)));
-    s.purged_index.set(index(m.purged.map(|l| l.index)));
+    s.last_log_index.set(gauge_value(m.last_log_index));
+    s.applied_index
+        .set(gauge_value(m.last_applied.map(|l| l.index)));
+    s.snapshot_index
+        .set(gauge_value(m.snapshot.map(|l| l.index)));
+    s.purged_index.set(gauge_value(m.purged.map(|l| l.index)));
     let db = node.reader().db();
     s.committed_index
-        .set(index(crate::store::log::committed_index(db)));
+        .set(gauge_value(crate::store::log::committed_index(db)));
 
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().count();
@@ -447,10 +451,10 @@ fn sample(s: &Sampled, node: &Cete) {
                 let matched = matched.map_or(0, |l| l.index);
                 s.matched_index
                     .with_label_values(&[name.as_str()])
-                    .set(index(Some(matched)));
+                    .set(gauge_value(Some(matched)));
                 s.replication_lag
                     .with_label_values(&[name.as_str()])
-                    .set(index(Some(last.saturating_sub(matched))));
+                    .set(gauge_value(Some(last.saturating_sub(matched))));
             }
         }
     }
@@ -458,12 +462,15 @@ fn sample(s: &Sampled, node: &Cete) {
     for (property, series) in &s.cf_properties {
         for cf in COLUMN_FAMILIES {
             if let Ok(Some(value)) = db.rocks().property_int_value_cf(db.cf(cf), *property) {
-                series.with_label_values(&[*cf]).set(index(Some(value)));
+                series
+                    .with_label_values(&[*cf])
+                    .set(gauge_value(Some(value)));
             }
         }
     }
     s.keys
-        .set(index(Some(node.reader().approximate_key_count())));
+        .set(gauge_value(Some(node.reader().approximate_key_count())));
+    m.millis_since_quorum_ack.is_some()
 }
 
 #[cfg(test)]

@@ -470,3 +470,55 @@ async fn leader_reports_replication_lag_per_follower_and_snapshot_installs() {
     })
     .await
 }
+
+/// The parser the tests above rely on: labels matched exactly, escapes
+/// decoded, histogram parts tied to their family, malformed lines refused.
+#[test]
+fn exposition_parser_matches_labels_exactly() {
+    let text = r#"# HELP a_total A counter.
+# TYPE a_total counter
+a_total{route="/v1/data/{key}",method="PUT"} 3
+a_total{route="/v1/data/{key}",method="PUT",status="201"} 2
+# TYPE h_seconds histogram
+h_seconds_bucket{le="+Inf"} 4
+h_seconds_sum 0.5
+h_seconds_count 4
+# TYPE g gauge
+g{v="a \"quoted\\ \nline"} -1
+"#;
+    let samples = parse(text);
+    assert_eq!(samples.len(), 6);
+    let route = ("route", "/v1/data/{key}");
+    assert_eq!(
+        value(&samples, "a_total", &[route, ("method", "PUT")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "a_total",
+            &[route, ("method", "PUT"), ("status", "201")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(value(&samples, "a_total", &[route]), None);
+    assert_eq!(
+        value(&samples, "h_seconds_bucket", &[("le", "+Inf")]),
+        Some(4.0)
+    );
+    assert_eq!(value(&samples, "h_seconds_count", &[]), Some(4.0));
+    assert_eq!(
+        value(&samples, "g", &[("v", "a \"quoted\\ \nline")]),
+        Some(-1.0)
+    );
+    for bad in [
+        "untyped_series 1\n",
+        "# TYPE x gauge\nx{a=\"1\" 1\n",
+        "# TYPE x gauge\nx one\n",
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| parse(bad)).is_err(),
+            "accepted {bad:?}"
+        );
+    }
+}

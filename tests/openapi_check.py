@@ -23,6 +23,8 @@ EXPECTED = {
     "/v1/snapshot": {"post"},
     "/v1/liveness_check": {"get"},
     "/v1/readiness_check": {"get"},
+    "/metrics": {"get"},
+    "/v1/metrics": {"get"},
     "/openapi.yaml": {"get"},
 }
 HTTP_METHODS = {"get", "head", "put", "post", "delete", "patch", "options", "trace"}

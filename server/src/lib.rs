@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod errors;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod store;

@@ -71,6 +71,8 @@ pub struct Cete {
     removed: AtomicBool,
     /// Set when the node must be started again in place (see `Restart`).
     restart: tokio::sync::watch::Sender<Option<Restart>>,
+    /// This node's Prometheus series (see `crate::metrics`).
+    pub prometheus: crate::metrics::Metrics,
 }
 
 /// Why a running node asks its runner to stop it and start it again.
@@ -107,6 +109,7 @@ impl Cete {
         data_directory: PathBuf,
     ) -> Cete {
         Cete {
+            prometheus: crate::metrics::Metrics::new(reader.db().snapshot_metrics()),
             data_directory,
             removed: AtomicBool::new(false),
             restart: tokio::sync::watch::channel(None).0,

@@ -4,6 +4,7 @@ mod cluster;
 mod data;
 pub mod error;
 mod health;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -18,11 +19,19 @@ use error::ApiError;
 pub fn routes(
     node: Arc<Cete>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    let recorder = node.clone();
     data::routes(node.clone())
         .or(cluster::routes(node.clone()))
-        .or(health::routes(node))
+        .or(health::routes(node.clone()))
+        .or(metrics::routes(node))
         .recover(error::recover)
-        .with(warp::log::custom(|info| {
+        .with(warp::log::custom(move |info| {
+            recorder.prometheus.record_request(
+                info.method(),
+                info.path(),
+                info.status(),
+                info.elapsed(),
+            );
             log::debug!(
                 "{} {} {} {:?}",
                 info.method(),

@@ -71,6 +71,16 @@ fn synced() -> WriteOptions {
     opts
 }
 
+/// The committed index this node last saved, if any (a blocking RocksDB
+/// read), for metrics: openraft 0.9's own metrics do not carry it.
+pub fn committed_index(db: &Db) -> Option<u64> {
+    let raw = db.rocks().get_cf(db.cf(CF_RAFT), KEY_COMMITTED).ok()??;
+    decode::<Option<LogId>>("raft state", &raw)
+        .ok()
+        .flatten()
+        .map(|l| l.index)
+}
+
 impl LogStore {
     pub fn new(db: Db) -> LogStore {
         LogStore {

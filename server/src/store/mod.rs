@@ -18,6 +18,8 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 use thiserror::Error;
 
+use crate::metrics::SnapshotMetrics;
+
 pub use self::log::LogStore;
 pub use self::state_machine::StateMachine;
 
@@ -49,6 +51,7 @@ pub enum StoreError {
 pub struct Db {
     inner: Arc<DB>,
     dir: PathBuf,
+    snapshot_metrics: Arc<SnapshotMetrics>,
 }
 
 impl Db {
@@ -79,6 +82,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(inner),
             dir: data_directory.to_path_buf(),
+            snapshot_metrics: Arc::default(),
         })
     }
 
@@ -103,6 +107,11 @@ impl Db {
 
     pub fn snapshot_dir(&self) -> PathBuf {
         snapshot_dir(&self.dir)
+    }
+
+    /// Counts of snapshots built and installed on this database.
+    pub fn snapshot_metrics(&self) -> &SnapshotMetrics {
+        &self.snapshot_metrics
     }
 
     /// Approximate on-disk size of the whole database, for metrics and status.

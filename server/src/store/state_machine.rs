@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -488,6 +488,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
+        let started = Instant::now();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let write_err = |e: std::io::Error| io_err(subject(), ErrorVerb::Write, e);
         // Copy from the handle we are given (not the path we handed out):
@@ -521,6 +522,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        self.db.snapshot_metrics().installed(started.elapsed());
         self.last_applied = installed.last_log_id;
         self.membership = installed.last_membership;
         Ok(())
@@ -558,6 +560,7 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
+        let started = Instant::now();
         let (meta, file) = blocking(move || -> Result<(SnapshotMeta, String), SnapshotError> {
             // The log behind this snapshot is purged next: make the state
             // machine it describes durable first.
@@ -588,6 +591,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        self.db.snapshot_metrics().built(started.elapsed());
         let handle = tokio::fs::File::open(self.db.snapshot_dir().join(&file))
             .await
             .map_err(|e| {

@@ -1,0 +1,548 @@
+//! Prometheus metrics of one node, served as text at `/metrics` and `/v1/metrics`.
+//!
+//! Three kinds of series:
+//! - recorded as things happen: HTTP requests (by route template, method and
+//!   status) and snapshot builds and installs ([`SnapshotMetrics`], held by the store);
+//! - read at scrape time from the source of truth, never copied: Raft state
+//!   (openraft's `RaftMetrics`), RocksDB properties, and the committed index
+//!   saved by the log store;
+//! - process basics (`process_*`: memory, open fds, CPU) from `/proc`.
+//!
+//! Built on the `prometheus` crate (TiKV's): one registry per node, so two
+//! nodes in one process never mix their series.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::node::Cete;
+use crate::store::{CF_DATA, CF_LOGS, CF_META, CF_RAFT};
+
+/// The exposition format's content type.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Every route of the HTTP API as a template; a request is counted under one
+/// of these or under [`OTHER_ROUTE`], so the label set stays bounded whatever
+/// paths clients send.
+pub const ROUTES: &[&str] = &[
+    "/v1/data",
+    "/v1/data/{key}",
+    "/v1/node",
+    "/v1/cluster",
+    "/v1/cluster/{id}",
+    "/v1/snapshot",
+    "/v1/liveness_check",
+    "/v1/readiness_check",
+    "/v1/metrics",
+    "/metrics",
+    "/openapi.yaml",
+];
+
+/// The route label of requests to paths the API does not serve.
+pub const OTHER_ROUTE: &str = "other";
+
+/// The route template a request path falls under (see [`ROUTES`]).
+pub fn route_template(path: &str) -> &'static str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["metrics"] => "/metrics",
+        ["openapi.yaml"] => "/openapi.yaml",
+        ["v1", "data"] => "/v1/data",
+        // Keys may hold slashes: everything after /v1/data/ is the key.
+        ["v1", "data", _, ..] => "/v1/data/{key}",
+        ["v1", "node"] => "/v1/node",
+        ["v1", "cluster"] => "/v1/cluster",
+        ["v1", "cluster", _] => "/v1/cluster/{id}",
+        ["v1", "snapshot"] => "/v1/snapshot",
+        ["v1", "liveness_check"] => "/v1/liveness_check",
+        ["v1", "readiness_check"] => "/v1/readiness_check",
+        ["v1", "metrics"] => "/v1/metrics",
+        _ => OTHER_ROUTE,
+    }
+}
+
+/// The method label: the standard methods by name, anything else as `other`
+/// (extension methods would otherwise grow the label set without bound).
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Snapshot builds and installs, counted by the state machine as they finish.
+pub struct SnapshotMetrics {
+    builds: IntCounter,
+    build_seconds: Histogram,
+    installs: IntCounter,
+    install_seconds: Histogram,
+}
+
+/// Buckets for snapshot durations: from a tiny store to a large one.
+const SNAPSHOT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+impl Default for SnapshotMetrics {
+    fn default() -> SnapshotMetrics {
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).expect("valid metric name and help")
+        };
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(SNAPSHOT_BUCKETS.to_vec()))
+                .expect("valid metric name and buckets")
+        };
+        SnapshotMetrics {
+            builds: counter(
+                "cete_snapshot_builds_total",
+                "Snapshots this node built and recorded.",
+            ),
+            build_seconds: histogram(
+                "cete_snapshot_build_duration_seconds",
+                "Time to build a snapshot: write the file and record it.",
+            ),
+            installs: counter(
+                "cete_snapshot_installs_total",
+                "Snapshots received from the leader and installed.",
+            ),
+            install_seconds: histogram(
+                "cete_snapshot_install_duration_seconds",
+                "Time to install a received snapshot: copy, verify and replace the state.",
+            ),
+        }
+    }
+}
+
+impl SnapshotMetrics {
+    /// A snapshot was built in `took`.
+    pub fn built(&self, took: Duration) {
+        self.builds.inc();
+        self.build_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A received snapshot was installed in `took`.
+    pub fn installed(&self, took: Duration) {
+        self.installs.inc();
+        self.install_seconds.observe(took.as_secs_f64());
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.builds.clone()))?;
+        registry.register(Box::new(self.build_seconds.clone()))?;
+        registry.register(Box::new(self.installs.clone()))?;
+        registry.register(Box::new(self.install_seconds.clone()))
+    }
+}
+
+/// Raft states as the `state` label of `cete_raft_state`; "Removed" is
+/// Cete's own, for a node taken out of the cluster.
+const STATES: &[&str] = &[
+    "Leader",
+    "Follower",
+    "Candidate",
+    "Learner",
+    "Shutdown",
+    "Removed",
+];
+
+/// RocksDB properties exported per column family, as (property, series, help).
+const CF_PROPERTIES: &[(&str, &str, &str)] = &[
+    (
+        "rocksdb.total-sst-files-size",
+        "cete_rocksdb_sst_files_size_bytes",
+        "Size of all SST files of the column family (RocksDB rocksdb.total-sst-files-size).",
+    ),
+    (
+        "rocksdb.estimate-live-data-size",
+        "cete_rocksdb_live_data_size_bytes",
+        "Estimated size of the live data of the column family (RocksDB rocksdb.estimate-live-data-size).",
+    ),
+    (
+        "rocksdb.cur-size-all-mem-tables",
+        "cete_rocksdb_memtables_size_bytes",
+        "Size of the column family's memtables (RocksDB rocksdb.cur-size-all-mem-tables).",
+    ),
+];
+
+const COLUMN_FAMILIES: &[&str] = &[CF_DATA, CF_LOGS, CF_RAFT, CF_META];
+
+/// The series refreshed at scrape time.
+struct Sampled {
+    info: IntGaugeVec,
+    term: IntGauge,
+    state: IntGaugeVec,
+    leader: IntGaugeVec,
+    last_log_index: IntGauge,
+    committed_index: IntGauge,
+    applied_index: IntGauge,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    members: IntGaugeVec,
+    quorum_ack_seconds: prometheus::Gauge,
+    matched_index: IntGaugeVec,
+    replication_lag: IntGaugeVec,
+    cf_properties: Vec<(&'static str, IntGaugeVec)>,
+    keys: IntGauge,
+}
+
+/// All metrics of one node.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_seconds: HistogramVec,
+    /// Held while sampling and encoding, so two scrapes at once never see
+    /// each other's half-reset series.
+    sampled: Mutex<Sampled>,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name and help");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric name and labels");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+/// An index or size as a gauge value (0 for none).
+fn gauge_value(i: Option<u64>) -> i64 {
+    i64::try_from(i.unwrap_or(0)).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    /// A node's metrics, with the store's snapshot counters registered too.
+    pub fn new(snapshots: &SnapshotMetrics) -> Metrics {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "cete_http_requests_total",
+                "HTTP requests answered, by route template, method and status code.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "cete_http_request_duration_seconds",
+                "Time from request to response headers, by route template, method and status code.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(http_seconds.clone()))
+            .expect("metric names are unique");
+        snapshots
+            .register(&registry)
+            .expect("metric names are unique");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
+
+        let r = &registry;
+        let sampled = Sampled {
+            info: gauge_vec(
+                r,
+                "cete_node_info",
+                "Always 1; the labels name this node and its version.",
+                &["id", "version"],
+            ),
+            term: gauge(r, "cete_raft_term", "Current Raft term."),
+            state: gauge_vec(
+                r,
+                "cete_raft_state",
+                "1 for this node's current Raft state, 0 for the others (Removed: taken out of the cluster).",
+                &["state"],
+            ),
+            leader: gauge_vec(
+                r,
+                "cete_raft_leader",
+                "1 with the id of the leader this node knows; no series while no leader is known.",
+                &["id"],
+            ),
+            last_log_index: gauge(
+                r,
+                "cete_raft_last_log_index",
+                "Index of the last entry in this node's Raft log.",
+            ),
+            committed_index: gauge(
+                r,
+                "cete_raft_committed_index",
+                "Index of the last entry this node knows to be committed (as saved by its log store).",
+            ),
+            applied_index: gauge(
+                r,
+                "cete_raft_applied_index",
+                "Index of the last entry applied to this node's state machine.",
+            ),
+            snapshot_index: gauge(
+                r,
+                "cete_raft_snapshot_index",
+                "Last log index covered by this node's current snapshot (0: none).",
+            ),
+            purged_index: gauge(
+                r,
+                "cete_raft_purged_index",
+                "Last log index purged from this node's log (0: none).",
+            ),
+            members: gauge_vec(
+                r,
+                "cete_raft_members",
+                "Members of the cluster configuration this node holds, by role.",
+                &["role"],
+            ),
+            // Not registered: encode() adds it only while this node leads.
+            quorum_ack_seconds: prometheus::Gauge::new(
+                "cete_raft_seconds_since_quorum_ack",
+                "On the leader: seconds since a quorum last acknowledged it; no series elsewhere.",
+            )
+            .expect("valid metric"),
+            matched_index: gauge_vec(
+                r,
+                "cete_raft_replication_matched_index",
+                "On the leader: last log index known to be replicated to each other member.",
+                &["follower"],
+            ),
+            replication_lag: gauge_vec(
+                r,
+                "cete_raft_replication_lag_entries",
+                "On the leader: its last log index minus each other member's matched index.",
+                &["follower"],
+            ),
+            cf_properties: CF_PROPERTIES
+                .iter()
+                .map(|(property, name, help)| (*property, gauge_vec(r, name, help, &["cf"])))
+                .collect(),
+            keys: gauge(
+                r,
+                "cete_keys_estimated",
+                "Estimated number of keys stored (RocksDB rocksdb.estimate-num-keys on the data column family; an estimate, not an exact count).",
+            ),
+        };
+        Metrics {
+            registry,
+            http_requests,
+            http_seconds,
+            sampled: Mutex::new(sampled),
+        }
+    }
+
+    /// Counts one answered HTTP request under its route template.
+    pub fn record_request(
+        &self,
+        method: &http::Method,
+        path: &str,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
+        let labels = [route_template(path), method_label(method), status.as_str()];
+        self.http_requests.with_label_values(&labels).inc();
+        self.http_seconds
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Samples the node and renders every series as Prometheus text. Runs
+    /// off the async runtime: RocksDB and `/proc` are read here.
+    pub async fn render(node: Arc<Cete>) -> Result<String, String> {
+        tokio::task::spawn_blocking(move || node.prometheus.encode(&node))
+            .await
+            .map_err(|e| format!("metrics task failed: {e}"))?
+    }
+
+    fn encode(&self, node: &Cete) -> Result<String, String> {
+        let sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        let has_quorum_ack = sample(&sampled, node);
+        let mut families = self.registry.gather();
+        // Only a leader has a quorum-ack age: keep the series absent elsewhere
+        // rather than report a made-up value.
+        if has_quorum_ack {
+            families.extend(prometheus::core::Collector::collect(
+                &sampled.quorum_ack_seconds,
+            ));
+            families.sort_by(|a, b| a.name().cmp(b.name()));
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .map_err(|e| format!("encoding metrics: {e}"))?;
+        drop(sampled);
+        String::from_utf8(out).map_err(|e| format!("encoding metrics: {e}"))
+    }
+}
+
+/// Reads the current values into the scrape-time series. Returns whether
+/// the quorum-ack age was set (only a leader has one).
+fn sample(s: &Sampled, node: &Cete) -> bool {
+    let m = node.metrics();
+    let status = node.node_status();
+
+    s.info.reset();
+    s.info
+        .with_label_values(&[node.info.name.as_str(), env!("CARGO_PKG_VERSION")])
+        .set(1);
+    s.term.set(gauge_value(Some(m.current_term)));
+    for state in STATES {
+        s.state
+            .with_label_values(&[*state])
+            .set(i64::from(status.state == *state));
+    }
+    s.leader.reset();
+    if let Some(leader) = &status.leader {
+        s.leader.with_label_values(&[leader.as_str()]).set(1);
+    }
+    s.last_log_index.set(gauge_value(m.last_log_index));
+    s.applied_index
+        .set(gauge_value(m.last_applied.map(|l| l.index)));
+    s.snapshot_index
+        .set(gauge_value(m.snapshot.map(|l| l.index)));
+    s.purged_index.set(gauge_value(m.purged.map(|l| l.index)));
+    let db = node.reader().db();
+    s.committed_index
+        .set(gauge_value(crate::store::log::committed_index(db)));
+
+    let membership = m.membership_config.membership();
+    let voters = membership.voter_ids().count();
+    let all = membership.nodes().count();
+    s.members.with_label_values(&["voter"]).set(voters as i64);
+    s.members
+        .with_label_values(&["learner"])
+        .set(all.saturating_sub(voters) as i64);
+
+    if let Some(ms) = m.millis_since_quorum_ack {
+        s.quorum_ack_seconds.set(ms as f64 / 1000.0);
+    }
+    s.matched_index.reset();
+    s.replication_lag.reset();
+    if m.state == ServerState::Leader {
+        if let Some(replication) = &m.replication {
+            let last = m.last_log_index.unwrap_or(0);
+            for (id, matched) in replication.iter() {
+                if *id == node.id {
+                    continue;
+                }
+                let name = membership
+                    .get_node(id)
+                    .map_or_else(|| id.to_string(), |n| n.name.clone());
+                let matched = matched.map_or(0, |l| l.index);
+                s.matched_index
+                    .with_label_values(&[name.as_str()])
+                    .set(gauge_value(Some(matched)));
+                s.replication_lag
+                    .with_label_values(&[name.as_str()])
+                    .set(gauge_value(Some(last.saturating_sub(matched))));
+            }
+        }
+    }
+
+    for (property, series) in &s.cf_properties {
+        for cf in COLUMN_FAMILIES {
+            if let Ok(Some(value)) = db.rocks().property_int_value_cf(db.cf(cf), *property) {
+                series
+                    .with_label_values(&[*cf])
+                    .set(gauge_value(Some(value)));
+            }
+        }
+    }
+    s.keys
+        .set(gauge_value(Some(node.reader().approximate_key_count())));
+    m.millis_since_quorum_ack.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_their_templates() {
+        let cases = [
+            ("/v1/data", "/v1/data"),
+            ("/v1/data/a", "/v1/data/{key}"),
+            ("/v1/data/a/b/c", "/v1/data/{key}"),
+            ("/v1/data/", "/v1/data/{key}"),
+            ("/v1/node", "/v1/node"),
+            ("/v1/cluster", "/v1/cluster"),
+            ("/v1/cluster/node2", "/v1/cluster/{id}"),
+            ("/v1/cluster/a/b", OTHER_ROUTE),
+            ("/v1/snapshot", "/v1/snapshot"),
+            ("/v1/liveness_check", "/v1/liveness_check"),
+            ("/v1/readiness_check", "/v1/readiness_check"),
+            ("/v1/metrics", "/v1/metrics"),
+            ("/metrics", "/metrics"),
+            ("/openapi.yaml", "/openapi.yaml"),
+            ("/", OTHER_ROUTE),
+            ("/v2/data/x", OTHER_ROUTE),
+            ("/wp-admin/../etc/passwd", OTHER_ROUTE),
+        ];
+        for (path, template) in cases {
+            assert_eq!(route_template(path), template, "{path}");
+            assert!(template == OTHER_ROUTE || ROUTES.contains(&template));
+        }
+    }
+
+    #[test]
+    fn every_route_template_is_in_the_openapi_document() {
+        for route in ROUTES {
+            assert!(
+                include_str!("../../openapi.yaml").contains(&format!("\n  {route}:\n")),
+                "{route} is not a path of openapi.yaml"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&http::Method::PUT), "PUT");
+        let odd = http::Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(method_label(&odd), "other");
+    }
+
+    #[test]
+    fn requests_are_counted_by_template() {
+        let metrics = Metrics::new(&SnapshotMetrics::default());
+        for key in ["a", "b/c", "d"] {
+            metrics.record_request(
+                &http::Method::GET,
+                &format!("/v1/data/{key}"),
+                http::StatusCode::OK,
+                Duration::from_millis(2),
+            );
+        }
+        let count = metrics
+            .http_requests
+            .with_label_values(&["/v1/data/{key}", "GET", "200"])
+            .get();
+        assert_eq!(count, 3);
+        let series = metrics
+            .registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "cete_http_requests_total")
+            .unwrap();
+        assert_eq!(series.get_metric().len(), 1, "one series for three keys");
+    }
+}

@@ -18,10 +18,13 @@ use error::ApiError;
 pub fn routes(
     node: Arc<Cete>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-    data::routes(node.clone())
+    let api = data::routes(node.clone())
         .or(cluster::routes(node.clone()))
         .or(health::routes(node))
-        .recover(error::recover)
+        .recover(error::recover);
+    warp::path::full()
+        .and(api)
+        .map(with_allow)
         .with(warp::log::custom(|info| {
             log::debug!(
                 "{} {} {} {:?}",
@@ -31,6 +34,31 @@ pub fn routes(
                 info.elapsed()
             );
         }))
+}
+
+/// A 405 names the methods the path does answer (RFC 9110, section 15.5.6).
+fn with_allow(path: FullPath, reply: impl Reply) -> warp::reply::Response {
+    let mut response = reply.into_response();
+    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(allow) = allowed_methods(path.as_str()) {
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+        }
+    }
+    response
+}
+
+/// The methods each route answers; keep in step with the route files.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/data" | "/v1/node" | "/v1/cluster" | "/v1/liveness_check"
+        | "/v1/readiness_check" | "/openapi.yaml" => Some("GET"),
+        "/v1/snapshot" => Some("POST"),
+        p if p.starts_with("/v1/data/") => Some("GET, HEAD, PUT, DELETE"),
+        p if p.starts_with("/v1/cluster/") => Some("PUT, DELETE"),
+        _ => None,
+    }
 }
 
 pub(crate) fn with_node(

@@ -105,54 +105,9 @@ async fn raw_exchange(port: u16, request: &[u8]) -> RawResponse {
         let mut stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
-        // The server may answer (and close) before it has read everything.
-        let _ = stream.write_all(request).await;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let head_end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            let n = stream.read(&mut chunk).await.expect("read response");
-            assert!(
-                n > 0,
-                "connection closed before a response head; got {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let mut body = buf[head_end..].to_vec();
-        let length = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse::<usize>().ok());
-        loop {
-            if length.is_some_and(|l| body.len() >= l) {
-                break;
-            }
-            let n = stream.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        RawResponse {
-            status,
-            headers,
-            body,
-        }
+        exchange_on(&mut stream, request)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
@@ -162,6 +117,62 @@ async fn raw_exchange(port: u16, request: &[u8]) -> RawResponse {
                 String::from_utf8_lossy(&request[..request.len().min(200)])
             )
         })
+}
+
+/// Sends `request` on an open connection and reads one response.
+async fn exchange_on(stream: &mut TcpStream, request: &[u8]) -> Result<RawResponse, String> {
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read response: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[head_end..].to_vec();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    loop {
+        if length.is_some_and(|l| body.len() >= l) {
+            break;
+        }
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// One bad request and what it must get.
@@ -305,6 +316,120 @@ async fn malformed_requests_get_clear_errors() {
         verify_seed(&client, &node, &seeded).await;
         let resp = client.get(node.url("/v1/data/big")).send().await.unwrap();
         assert_eq!(resp.status(), 404, "the refused 10 GB PUT stored nothing");
+    })
+    .await
+}
+
+/// Reads until the server closes the connection (or sends something, which
+/// is returned), within `deadline`. `Err` if it is still open by then.
+async fn wait_closed(stream: &mut TcpStream, deadline: Duration) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, read_all).await {
+        Ok(()) => Ok(got),
+        Err(_) => Err(format!("still open after {deadline:?}")),
+    }
+}
+
+/// 200 clients that send half a request and wait, and one that sends its
+/// body a byte a second: others are served at once, and the server cuts the
+/// slow ones off (header-read timeout; 408 for the body) instead of holding
+/// a connection and a task for each for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_clients_are_cut_off_while_others_are_served() {
+    bounded(TEST_TIMEOUT, async {
+        let (_dir, node) = single(&[]).await;
+        let client = Cluster::client();
+        let seeded = seed(&client, &node).await;
+        let port = node.http_port;
+
+        let mut stalled = Vec::new();
+        for i in 0..200 {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let half: &[u8] = if i % 2 == 0 {
+                b"GET /v1/data/seed/00 HT"
+            } else {
+                b"GET /v1/data/seed/00 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: "
+            };
+            stream.write_all(half).await.expect("send half a request");
+            stalled.push(stream);
+        }
+        let trickle = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            stream
+                .write_all(b"PUT /v1/data/slow HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 100\r\n\r\n")
+                .await
+                .expect("send head");
+            let (mut reader, mut writer) = stream.into_split();
+            let started = Instant::now();
+            let writing = tokio::spawn(async move {
+                for _ in 0..100 {
+                    if writer.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    match reader.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            })
+            .await;
+            writing.abort();
+            (read.is_ok(), String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+        });
+
+        // Served at once while 201 connections dawdle.
+        let started = Instant::now();
+        still_serves(&client, &node, "200 stalled clients").await;
+        verify_seed(&client, &node, &seeded).await;
+        println!(
+            "with 200 stalled clients and a trickling one: probe write+read and 20 reads took {:?}",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        for (i, stream) in stalled.iter_mut().enumerate() {
+            let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+            if let Err(e) = wait_closed(stream, left.max(Duration::from_millis(1))).await {
+                panic!("stalled client {i} (of 200): {e}; the server never timed out its headers");
+            }
+        }
+        println!("200 stalled clients closed by the server after {:?}", started.elapsed());
+
+        let (closed, response, took) = trickle.await.expect("trickle task");
+        assert!(closed, "the trickling client was not cut off within 60 s; got {response:?}");
+        println!("the trickling client was answered and closed after {took:?}");
+        let status_line = response.lines().next().unwrap_or_default();
+        assert!(
+            status_line.starts_with("HTTP/1.1 408"),
+            "trickling body: want a 408, got {response:?}"
+        );
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_error_body(body, &["RequestTimeout"], "trickling body");
+
+        still_serves(&client, &node, "the slow clients left").await;
+        let resp = client.get(node.url("/v1/data/slow")).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "the trickled body was not stored");
+        verify_seed(&client, &node, &seeded).await;
     })
     .await
 }

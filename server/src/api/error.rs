@@ -107,6 +107,15 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
                 e.limit
             ),
         )
+    } else if rejection.find::<super::BodyTimeout>().is_some() {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!(
+                "the request body did not arrive within {} s",
+                super::BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
     } else if let Some(e) = rejection.find::<super::BodyUnreadable>() {
         ApiError::bad_request(
             "BadRequest",

@@ -132,6 +132,17 @@ pub(crate) struct BodyTooLarge {
 
 impl warp::reject::Reject for BodyTooLarge {}
 
+/// A body that did not arrive within [`BODY_READ_TIMEOUT`].
+#[derive(Debug)]
+pub(crate) struct BodyTimeout;
+
+impl warp::reject::Reject for BodyTimeout {}
+
+/// How long a client may take to send a request body, from its first byte
+/// to its last (a client that trickles a byte a second holds a connection
+/// and a buffer; 4 MiB in this time is about 140 KB/s).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A body unreadable mid-stream (the client went away).
 #[derive(Debug)]
 pub(crate) struct BodyUnreadable(pub String);
@@ -153,7 +164,11 @@ pub(crate) fn limited_body(
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| collect_limited(stream, limit))
+        .and_then(move |stream| async move {
+            tokio::time::timeout(BODY_READ_TIMEOUT, collect_limited(stream, limit))
+                .await
+                .map_err(|_| warp::reject::custom(BodyTimeout))?
+        })
 }
 
 async fn collect_limited<S, B>(stream: S, limit: u64) -> Result<bytes::Bytes, Rejection>

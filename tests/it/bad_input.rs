@@ -3,6 +3,8 @@
 //! off, thousands of connections are served, and through all of it the
 //! server stays up and keeps every acknowledged write intact.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -429,6 +431,190 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
         still_serves(&client, &node, "the slow clients left").await;
         let resp = client.get(node.url("/v1/data/slow")).send().await.unwrap();
         assert_eq!(resp.status(), 404, "the trickled body was not stored");
+        verify_seed(&client, &node, &seeded).await;
+    })
+    .await
+}
+
+/// Raises this process's soft open-file limit to its hard limit.
+#[allow(unsafe_code)]
+fn raise_own_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only touch the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    limit.rlim_cur
+}
+
+/// Resident memory of a process in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The open-file limits of a process, from /proc/PID/limits: (soft, hard).
+fn nofile_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+/// Thousands of concurrent keep-alive connections, each doing a PUT and two
+/// GETs, in two rounds: every request gets an answer (a success or a clear
+/// 503) before a deadline, every acknowledged write reads back, and the
+/// server's memory comes back down rather than growing round after round.
+/// Prints the figures; asserts only generous bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_connections_are_served_with_bounded_memory() {
+    const CONNECTIONS: usize = 3000;
+    bounded(Duration::from_secs(280), async {
+        let own_limit = raise_own_nofile();
+        assert!(
+            own_limit as usize > CONNECTIONS + 200,
+            "the test needs {} open files; the hard limit is {own_limit}",
+            CONNECTIONS + 200
+        );
+        let (_dir, node) = single(&[]).await;
+        let pid = node.pid().expect("running");
+        let (soft, hard) = nofile_limits(pid);
+        assert_eq!(soft, hard, "the server raises its soft open-file limit to the hard one");
+        let client = Cluster::client();
+        let seeded = seed(&client, &node).await;
+        let port = node.http_port;
+
+        let mut peaks = Vec::new();
+        let mut afters = Vec::new();
+        for round in 0..2 {
+            let before = rss_kib(pid);
+            let sampling = Arc::new(AtomicBool::new(true));
+            let sampler = {
+                let sampling = sampling.clone();
+                tokio::spawn(async move {
+                    let mut peak = 0;
+                    while sampling.load(Ordering::SeqCst) {
+                        peak = peak.max(rss_kib(pid));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    peak
+                })
+            };
+            let started = Instant::now();
+            // All connections open first, so they are truly concurrent.
+            let streams = futures::future::join_all(
+                (0..CONNECTIONS).map(|_| TcpStream::connect(("127.0.0.1", port))),
+            )
+            .await;
+            let connected = Instant::now();
+            let tasks = streams.into_iter().enumerate().map(|(i, stream)| async move {
+                let mut stream = stream.map_err(|e| format!("connect: {e}"))?;
+                let key = format!("load/{round}/{i}");
+                let put = format!(
+                    "PUT /v1/data/{key} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n\r\n{key}",
+                    key.len()
+                );
+                let get = format!("GET /v1/data/{key} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n");
+                let seed = "GET /v1/data/seed/07?consistency=stale HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
+                let mut statuses = Vec::new();
+                let mut stored = false;
+                for (n, request) in [put.as_str(), get.as_str(), seed].into_iter().enumerate() {
+                    let resp = tokio::time::timeout(
+                        Duration::from_secs(90),
+                        exchange_on(&mut stream, request.as_bytes()),
+                    )
+                    .await
+                    .map_err(|_| format!("{key}: request {n} got no answer in 90 s"))??;
+                    let text = String::from_utf8_lossy(&resp.body).into_owned();
+                    match resp.status {
+                        200 | 201 => {}
+                        503 => {
+                            assert_error_body(&text, &["NoLeader", "Timeout", "StorageUnavailable", "ShuttingDown", "Overloaded"], &key);
+                        }
+                        other => return Err(format!("{key}: request {n}: {other} {text}")),
+                    }
+                    if n == 0 && resp.status == 201 {
+                        stored = true;
+                    }
+                    if n == 1 && stored && resp.body != key.as_bytes() {
+                        return Err(format!("{key}: read back {text:?}"));
+                    }
+                    statuses.push(resp.status);
+                }
+                Ok::<_, String>((key, stored, statuses))
+            });
+            let results = futures::future::join_all(tasks).await;
+            let elapsed = started.elapsed();
+            sampling.store(false, Ordering::SeqCst);
+            let peak = sampler.await.expect("sampler");
+            let mut errors = Vec::new();
+            let mut acknowledged = Vec::new();
+            let mut unavailable = 0;
+            for result in results {
+                match result {
+                    Ok((key, stored, statuses)) => {
+                        unavailable += statuses.iter().filter(|s| **s == 503).count();
+                        if stored {
+                            acknowledged.push(key);
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            assert!(
+                errors.is_empty(),
+                "round {round}: {} of {CONNECTIONS} connections failed, e.g. {:?}",
+                errors.len(),
+                &errors[..errors.len().min(5)]
+            );
+            // Connections are closed (dropped) by now; let the server notice.
+            still_serves(&client, &node, "a round of connections").await;
+            for chunk in acknowledged.chunks(100) {
+                let reads = chunk.iter().map(|key| {
+                    let client = client.clone();
+                    let url = node.url(&format!("/v1/data/{key}"));
+                    async move {
+                        let resp = client.get(url).send().await.expect("GET");
+                        (resp.status(), resp.text().await.unwrap_or_default())
+                    }
+                });
+                for (key, (status, body)) in chunk.iter().zip(futures::future::join_all(reads).await) {
+                    assert_eq!(status, 200, "acknowledged {key} is missing: {body}");
+                    assert_eq!(&body, key, "acknowledged {key} changed");
+                }
+            }
+            let after = rss_kib(pid);
+            println!(
+                "round {round}: {CONNECTIONS} connections x 3 requests: connected in {:?}, all answered in {elapsed:?}; \
+                 {} writes acknowledged, {unavailable} answers were 503; server RSS before {} MiB, peak {} MiB, after {} MiB",
+                connected - started,
+                acknowledged.len(),
+                before / 1024,
+                peak / 1024,
+                after / 1024,
+            );
+            peaks.push(peak);
+            afters.push(after);
+        }
+        // Generous bounds: a debug build with 3000 connections fits easily in 1 GiB,
+        // and a second identical round must not need much more than the first.
+        assert!(peaks[0] < 1 << 20, "round 0 peak RSS {} KiB", peaks[0]);
+        assert!(
+            peaks[1] < peaks[0] + peaks[0] / 2 + 64 * 1024,
+            "memory grows round after round: peaks {peaks:?} KiB"
+        );
         verify_seed(&client, &node, &seeded).await;
     })
     .await

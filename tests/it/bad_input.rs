@@ -79,7 +79,11 @@ async fn still_serves(client: &reqwest::Client, node: &NodeProc, what: &str) {
         .await
         .unwrap_or_else(|e| panic!("after {what}: GET probe: {e}"));
     assert_eq!(resp.status(), 200, "after {what}: GET probe");
-    assert_eq!(resp.text().await.unwrap(), what, "after {what}: probe value");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        what,
+        "after {what}: probe value"
+    );
 }
 
 /// A response read off a raw socket.
@@ -209,12 +213,7 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> V
     out
 }
 
-fn case(
-    what: &'static str,
-    request: Vec<u8>,
-    status: u16,
-    code: Option<&'static str>,
-) -> Case {
+fn case(what: &'static str, request: Vec<u8>, status: u16, code: Option<&'static str>) -> Case {
     Case {
         what,
         request,
@@ -252,50 +251,240 @@ async fn malformed_requests_get_clear_errors() {
         let huge_header = "h".repeat(1 << 20);
         let cases = vec![
             // The list endpoint's query.
-            case("huge limit", request("GET", "/v1/data?limit=99999999999999999999999", &[], b""), 400, Some("InvalidArgument")),
-            case("limit 1e3", request("GET", "/v1/data?limit=1e3", &[], b""), 400, Some("InvalidArgument")),
-            case("empty limit", request("GET", "/v1/data?limit=", &[], b""), 400, Some("InvalidArgument")),
-            case("limit twice", request("GET", "/v1/data?limit=1&limit=2", &[], b""), 400, Some("InvalidArgument")),
-            case("prefix %zz", request("GET", "/v1/data?prefix=%zz", &[], b""), 400, Some("InvalidArgument")),
-            case("start_after %4", request("GET", "/v1/data?start_after=a%4", &[], b""), 400, Some("InvalidArgument")),
-            case("unknown query parameter", request("GET", "/v1/data?prefx=seed", &[], b""), 400, Some("InvalidArgument")),
-            case("unknown parameter on a read", request("GET", "/v1/data/seed/00?consistancy=stale", &[], b""), 400, Some("InvalidArgument")),
-            case("query on a write", request("PUT", "/v1/data/q?consistency=stale", &[], b"v"), 400, Some("InvalidArgument")),
-            case("query on a delete", request("DELETE", "/v1/data/seed/00?force=1", &[], b""), 400, Some("InvalidArgument")),
-            case("consistency not UTF-8", request("GET", "/v1/data?consistency=%ff", &[], b""), 400, Some("InvalidArgument")),
+            case(
+                "huge limit",
+                request("GET", "/v1/data?limit=99999999999999999999999", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "limit 1e3",
+                request("GET", "/v1/data?limit=1e3", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "empty limit",
+                request("GET", "/v1/data?limit=", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "limit twice",
+                request("GET", "/v1/data?limit=1&limit=2", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "prefix %zz",
+                request("GET", "/v1/data?prefix=%zz", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "start_after %4",
+                request("GET", "/v1/data?start_after=a%4", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "unknown query parameter",
+                request("GET", "/v1/data?prefx=seed", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "unknown parameter on a read",
+                request("GET", "/v1/data/seed/00?consistancy=stale", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "query on a write",
+                request("PUT", "/v1/data/q?consistency=stale", &[], b"v"),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "query on a delete",
+                request("DELETE", "/v1/data/seed/00?force=1", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "consistency not UTF-8",
+                request("GET", "/v1/data?consistency=%ff", &[], b""),
+                400,
+                Some("InvalidArgument"),
+            ),
             // Key routes.
-            case("declared 10 GB body", request("PUT", "/v1/data/big", &[("content-length", "10000000000")], b""), 413, Some("ValueTooLarge")),
-            case("non-ASCII Content-Type", request("PUT", "/v1/data/ct", &[("content-type", "text/\u{e9}")], b"v"), 400, Some("InvalidArgument")),
-            case("consistency on a key twice", request("GET", "/v1/data/seed/00?consistency=stale&consistency=bogus", &[], b""), 400, Some("InvalidArgument")),
+            case(
+                "declared 10 GB body",
+                request(
+                    "PUT",
+                    "/v1/data/big",
+                    &[("content-length", "10000000000")],
+                    b"",
+                ),
+                413,
+                Some("ValueTooLarge"),
+            ),
+            case(
+                "non-ASCII Content-Type",
+                request(
+                    "PUT",
+                    "/v1/data/ct",
+                    &[("content-type", "text/\u{e9}")],
+                    b"v",
+                ),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "consistency on a key twice",
+                request(
+                    "GET",
+                    "/v1/data/seed/00?consistency=stale&consistency=bogus",
+                    &[],
+                    b"",
+                ),
+                400,
+                Some("InvalidArgument"),
+            ),
             // Membership.
-            case("join: wrong type", join(r#"{"metadata":{"grpc_addr":5}}"#), 400, Some("InvalidJson")),
+            case(
+                "join: wrong type",
+                join(r#"{"metadata":{"grpc_addr":5}}"#),
+                400,
+                Some("InvalidJson"),
+            ),
             case("join: array", join("[]"), 400, Some("InvalidJson")),
             case("join: empty body", join(""), 400, Some("InvalidJson")),
-            case("join: not UTF-8", request("PUT", "/v1/cluster/node2", &[], b"{\"metadata\":{\"grpc_addr\":\"\xff\"}}"), 400, Some("InvalidJson")),
-            case("join: no grpc_addr", join("{}"), 400, Some("InvalidArgument")),
-            case("join: empty grpc_addr", join(r#"{"metadata":{"grpc_addr":""}}"#), 400, Some("InvalidArgument")),
-            case("join: body over 64 KiB", join(&big_join), 413, Some("ValueTooLarge")),
-            case("join: id not UTF-8", request("PUT", "/v1/cluster/%ff", &[], br#"{"metadata":{"grpc_addr":"127.0.0.1:1"}}"#), 400, Some("InvalidArgument")),
-            case("join: nobody listens", join(r#"{"metadata":{"grpc_addr":"127.0.0.1:1"}}"#), 502, Some("PeerUnavailable")),
-            case("join: not an address", join(r#"{"metadata":{"grpc_addr":"not an address"}}"#), 400, Some("InvalidArgument")),
-            case("leave: bad escape", request("DELETE", "/v1/cluster/%zz", &[], b""), 404, Some("NodeNotFound")),
-            case("leave: unknown node", request("DELETE", "/v1/cluster/node9", &[], b""), 404, Some("NodeNotFound")),
+            case(
+                "join: not UTF-8",
+                request(
+                    "PUT",
+                    "/v1/cluster/node2",
+                    &[],
+                    b"{\"metadata\":{\"grpc_addr\":\"\xff\"}}",
+                ),
+                400,
+                Some("InvalidJson"),
+            ),
+            case(
+                "join: no grpc_addr",
+                join("{}"),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "join: empty grpc_addr",
+                join(r#"{"metadata":{"grpc_addr":""}}"#),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "join: body over 64 KiB",
+                join(&big_join),
+                413,
+                Some("ValueTooLarge"),
+            ),
+            case(
+                "join: id not UTF-8",
+                request(
+                    "PUT",
+                    "/v1/cluster/%ff",
+                    &[],
+                    br#"{"metadata":{"grpc_addr":"127.0.0.1:1"}}"#,
+                ),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "join: nobody listens",
+                join(r#"{"metadata":{"grpc_addr":"127.0.0.1:1"}}"#),
+                502,
+                Some("PeerUnavailable"),
+            ),
+            case(
+                "join: not an address",
+                join(r#"{"metadata":{"grpc_addr":"not an address"}}"#),
+                400,
+                Some("InvalidArgument"),
+            ),
+            case(
+                "leave: bad escape",
+                request("DELETE", "/v1/cluster/%zz", &[], b""),
+                404,
+                Some("NodeNotFound"),
+            ),
+            case(
+                "leave: unknown node",
+                request("DELETE", "/v1/cluster/node9", &[], b""),
+                404,
+                Some("NodeNotFound"),
+            ),
             // Routing and methods.
-            case("unknown route", request("GET", "/v1/datax", &[], b""), 404, Some("NotFound")),
-            case("unknown version", request("PUT", "/v2/data/x", &[], b"v"), 404, Some("NotFound")),
+            case(
+                "unknown route",
+                request("GET", "/v1/datax", &[], b""),
+                404,
+                Some("NotFound"),
+            ),
+            case(
+                "unknown version",
+                request("PUT", "/v2/data/x", &[], b"v"),
+                404,
+                Some("NotFound"),
+            ),
             not_allowed("GET a member", "GET", "/v1/cluster/node1", "PUT, DELETE"),
             not_allowed("POST a key", "POST", "/v1/data/x", "GET, HEAD, PUT, DELETE"),
-            not_allowed("OPTIONS a key", "OPTIONS", "/v1/data/x", "GET, HEAD, PUT, DELETE"),
+            not_allowed(
+                "OPTIONS a key",
+                "OPTIONS",
+                "/v1/data/x",
+                "GET, HEAD, PUT, DELETE",
+            ),
             not_allowed("PUT the list", "PUT", "/v1/data", "GET"),
-            not_allowed("unknown method", "BREW", "/v1/data/x", "GET, HEAD, PUT, DELETE"),
+            not_allowed(
+                "unknown method",
+                "BREW",
+                "/v1/data/x",
+                "GET, HEAD, PUT, DELETE",
+            ),
             not_allowed("GET snapshot", "GET", "/v1/snapshot", "POST"),
             not_allowed("DELETE node", "DELETE", "/v1/node", "GET"),
             // Refused by the HTTP layer before any route runs.
             case("100 KB URI", request("GET", &long_uri, &[], b""), 414, None),
-            case("1 MiB header", request("GET", "/v1/data/x", &[("x-big", &huge_header)], b""), 431, None),
-            case("garbage request line", b"\x00\x01GARBAGE\r\n\r\n".to_vec(), 400, None),
-            case("bad Content-Length", request("PUT", "/v1/data/x", &[("content-length", "abc")], b"v"), 400, None),
-            case("bad chunk size", request("PUT", "/v1/data/x", &[("transfer-encoding", "chunked")], b"zz\r\nv\r\n0\r\n\r\n"), 400, Some("BadRequest")),
+            case(
+                "1 MiB header",
+                request("GET", "/v1/data/x", &[("x-big", &huge_header)], b""),
+                431,
+                None,
+            ),
+            case(
+                "garbage request line",
+                b"\x00\x01GARBAGE\r\n\r\n".to_vec(),
+                400,
+                None,
+            ),
+            case(
+                "bad Content-Length",
+                request("PUT", "/v1/data/x", &[("content-length", "abc")], b"v"),
+                400,
+                None,
+            ),
+            case(
+                "bad chunk size",
+                request(
+                    "PUT",
+                    "/v1/data/x",
+                    &[("transfer-encoding", "chunked")],
+                    b"zz\r\nv\r\n0\r\n\r\n",
+                ),
+                400,
+                Some("BadRequest"),
+            ),
         ];
         for c in &cases {
             let resp = raw_exchange(node.http_port, &c.request).await;
@@ -371,7 +560,9 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
                 .await
                 .expect("connect");
             stream
-                .write_all(b"PUT /v1/data/slow HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 100\r\n\r\n")
+                .write_all(
+                    b"PUT /v1/data/slow HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 100\r\n\r\n",
+                )
                 .await
                 .expect("send head");
             let (mut reader, mut writer) = stream.into_split();
@@ -396,7 +587,11 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
             })
             .await;
             writing.abort();
-            (read.is_ok(), String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+            (
+                read.is_ok(),
+                String::from_utf8_lossy(&got).into_owned(),
+                started.elapsed(),
+            )
         });
 
         // Served at once while 201 connections dawdle.
@@ -415,10 +610,16 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
                 panic!("stalled client {i} (of 200): {e}; the server never timed out its headers");
             }
         }
-        println!("200 stalled clients closed by the server after {:?}", started.elapsed());
+        println!(
+            "200 stalled clients closed by the server after {:?}",
+            started.elapsed()
+        );
 
         let (closed, response, took) = trickle.await.expect("trickle task");
-        assert!(closed, "the trickling client was not cut off within 60 s; got {response:?}");
+        assert!(
+            closed,
+            "the trickling client was not cut off within 60 s; got {response:?}"
+        );
         println!("the trickling client was answered and closed after {took:?}");
         let status_line = response.lines().next().unwrap_or_default();
         assert!(

@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod cluster;
+mod disk;
 mod harness;
 mod single_node;

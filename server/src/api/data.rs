@@ -74,9 +74,7 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
 
 /// The raw query string, empty when there is none.
 fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 /// The byte offset of the first `%` that does not start a valid escape.
@@ -447,7 +445,10 @@ mod tests {
         let q = parse_query("prefix=a%2Fb+c&limit=5", &["prefix", "limit"]).unwrap();
         assert_eq!(q["prefix"], b"a/b c");
         assert_eq!(q["limit"], b"5");
-        assert_eq!(parse_query("prefix=%ff", &["prefix"]).unwrap()["prefix"], [255]);
+        assert_eq!(
+            parse_query("prefix=%ff", &["prefix"]).unwrap()["prefix"],
+            [255]
+        );
         assert!(parse_query("", &[]).unwrap().is_empty());
         for bad in ["prefix=%zz", "prefix=a%4", "prefx=a", "prefix=a&prefix=b"] {
             let err = parse_query(bad, &["prefix"]).unwrap_err();

@@ -61,6 +61,7 @@ pub(crate) fn node_error(err: Error, target: Option<&super::RequestTarget>) -> R
             StatusCode::SERVICE_UNAVAILABLE
         }
         Error::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::NodeNotFound(_) => StatusCode::NOT_FOUND,
         Error::MembershipChangeInProgress | Error::QuorumLoss(_) | Error::Conflict(_) => {
             StatusCode::CONFLICT

@@ -52,8 +52,12 @@ fn with_allow(path: FullPath, reply: impl Reply) -> warp::reply::Response {
 /// The methods each route answers; keep in step with the route files.
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/v1/data" | "/v1/node" | "/v1/cluster" | "/v1/liveness_check"
-        | "/v1/readiness_check" | "/openapi.yaml" => Some("GET"),
+        "/v1/data"
+        | "/v1/node"
+        | "/v1/cluster"
+        | "/v1/liveness_check"
+        | "/v1/readiness_check"
+        | "/openapi.yaml" => Some("GET"),
         "/v1/snapshot" => Some("POST"),
         p if p.starts_with("/v1/data/") => Some("GET, HEAD, PUT, DELETE"),
         p if p.starts_with("/v1/cluster/") => Some("PUT, DELETE"),

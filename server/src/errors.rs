@@ -35,6 +35,8 @@ pub enum Error {
     PeerUnavailable(String),
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("the data directory is full: {0}")]
+    StorageFull(String),
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -56,6 +58,7 @@ impl Error {
             Error::InvalidArgument(_) => "InvalidArgument",
             Error::PeerUnavailable(_) => "PeerUnavailable",
             Error::Storage(_) => "StorageUnavailable",
+            Error::StorageFull(_) => "StorageFull",
             Error::ShuttingDown => "ShuttingDown",
             Error::Internal(_) => "Internal",
         }

@@ -117,6 +117,7 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 /// with no peer address and no state bootstraps a one-member cluster; with a
 /// peer address it asks that peer to add it.
 pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
+    raise_open_file_limit();
     let raft_listener = bind("--raft-address", &config.raft_address).await?;
     let grpc_listener = bind("--grpc-address", &config.grpc_address).await?;
     let http_listener = bind("--http-address", &config.http_address).await?;
@@ -212,10 +213,11 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             log::error!("peer listener failed: {e}");
         }
     }));
-    let http = warp::serve(api::routes(node.clone()))
-        .incoming(http_listener)
-        .graceful(stopped(shutdown_rx.clone()));
-    servers.push(tokio::spawn(http.run()));
+    servers.push(tokio::spawn(serve_http(
+        http_listener,
+        node.clone(),
+        stopped(shutdown_rx.clone()),
+    )));
 
     let peer = config
         .peer_grpc_address
@@ -308,6 +310,94 @@ pub async fn run(
                 .context("dropping this node's state to join a cluster")?;
         }
         log::info!("starting node {} again ({restart:?})", config.id);
+    }
+}
+
+// ---- HTTP accept loop: timeouts for slow clients (issue 4, bad input) ----
+// warp's own `serve` builds its connections with no timer, so a client that
+// sends half a request line and waits holds its connection (and a task) for
+// ever. This loop is warp's, plus a header-read timeout; the body side is
+// bounded in `api::limited_body`. Meant to be folded into the shared HTTP
+// server module.
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the HTTP API on `listener` until `stop` resolves, then lets
+/// in-flight requests finish.
+async fn serve_http(
+    listener: TcpListener,
+    node: Arc<Cete>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let service = warp::service(api::routes(node));
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off rather than spin.
+                    log::warn!("http accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("http connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Raises the soft limit on open files to the hard limit: every client
+/// connection is a file descriptor, and the usual soft limit (1024) is far
+/// below what a busy node needs.
+#[allow(unsafe_code)]
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        log::warn!(
+            "cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        log::info!("open-file limit: {}", limit.rlim_cur);
+        return;
+    }
+    let old = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        log::info!("open-file limit raised from {old} to {}", limit.rlim_cur);
+    } else {
+        log::warn!(
+            "cannot raise the open-file limit from {old}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -179,8 +179,30 @@ impl Cete {
         }
     }
 
+    /// Why Raft stopped, if a storage failure (disk full, read-only or
+    /// failing disk) stopped it. openraft treats any storage error as fatal:
+    /// the node then refuses writes and linearizable reads until it is
+    /// restarted (stale reads still work), and its health checks say why.
+    pub fn storage_failure(&self) -> Option<Error> {
+        let fatal = self.raft.metrics().borrow().running_state.clone().err()?;
+        let openraft::error::Fatal::StorageError(e) = fatal else {
+            return None;
+        };
+        let message =
+            format!("{e}; writes are refused until the node is restarted with the storage fixed");
+        Some(if message.contains("No space left") {
+            Error::StorageFull(message)
+        } else {
+            Error::Storage(message)
+        })
+    }
+
     /// Proposes a command and waits until it is applied.
     pub async fn write(&self, command: Command) -> Result<CommandResult> {
+        // Raft is already stopped, so this write surely is not applied.
+        if let Some(e) = self.storage_failure() {
+            return Err(e);
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Err(_) => Err(Error::OutcomeUnknown(format!(
                 "not committed within {}s",
@@ -211,7 +233,7 @@ impl Cete {
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
                 Error::Timeout("the leader could not confirm its leadership with a quorum".into()),
             ),
-            Err(RaftError::Fatal(_)) => Err(Error::ShuttingDown),
+            Err(RaftError::Fatal(_)) => Err(self.storage_failure().unwrap_or(Error::ShuttingDown)),
         }
     }
 
@@ -309,6 +331,9 @@ impl Cete {
 
     /// Ready: a leader is known and everything committed before start is applied.
     pub fn readiness(&self) -> std::result::Result<(), String> {
+        if let Some(e) = self.storage_failure() {
+            return Err(e.to_string());
+        }
         let m = self.metrics();
         if m.current_leader.is_none() {
             return Err("no known leader".into());

@@ -121,6 +121,18 @@ struct JoinBody {
     metadata: JoinMetadata,
 }
 
+/// `host:port`, as a peer's gRPC address must be (so a typo is a 400, not
+/// a 502 from a connection that could never work).
+fn check_host_port(address: &str) -> Result<(), String> {
+    let authority: http::uri::Authority = address
+        .parse()
+        .map_err(|_| format!("'{address}' is not host:port"))?;
+    if authority.port_u16().is_none() || address.contains('@') {
+        return Err(format!("'{address}' is not host:port"));
+    }
+    Ok(())
+}
+
 async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -> Response {
     let id = match percent_encoding::percent_decode_str(&id).decode_utf8() {
         Ok(id) if !id.is_empty() => id.into_owned(),
@@ -146,6 +158,10 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
         return ApiError::bad_request("InvalidArgument", "metadata.grpc_addr is required")
             .into_response();
     };
+    if let Err(e) = check_host_port(&grpc_addr) {
+        return ApiError::bad_request("InvalidArgument", format!("metadata.grpc_addr: {e}"))
+            .into_response();
+    }
     // Only the leader changes membership: send the client there first.
     if let Some(hint) = node.leader_hint() {
         if hint.id != node.info.name {

@@ -1,13 +1,13 @@
 //! `/v1/data`: keys and values.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, ETAG};
 use http::StatusCode;
-use serde::Deserialize;
 use serde_json::json;
-use warp::filters::path::Tail;
+use warp::filters::path::{FullPath, Tail};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -26,10 +26,21 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
     let list = warp::path!("v1" / "data")
         .and(warp::get())
         .and(with_node(node.clone()))
-        .and(warp::query::<ListQuery>())
+        .and(raw_query())
         .then(list);
+    // `/v1/data/<key>`, but not `/v1/data` itself: that is the list, and a
+    // wrong method there is a 405, not an empty key.
     let key = warp::path("v1")
         .and(warp::path("data"))
+        .and(warp::path::full())
+        .and_then(|full: FullPath| async move {
+            if full.as_str() == "/v1/data" {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
         .and(warp::path::tail());
     let get = key
         .and(
@@ -39,12 +50,13 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
                 .unify(),
         )
         .and(with_node(node.clone()))
-        .and(warp::query::<ReadQuery>())
+        .and(raw_query())
         .then(get);
     let put = key
         .and(warp::put())
         .and(with_node(node.clone()))
         .and(request_target())
+        .and(raw_query())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("if-match"))
         .and(warp::header::optional::<String>("if-none-match"))
@@ -54,27 +66,19 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
         .and(warp::delete())
         .and(with_node(node))
         .and(request_target())
+        .and(raw_query())
         .and(warp::header::optional::<String>("if-match"))
         .then(delete);
     list.or(get).unify().or(put).unify().or(delete).unify()
 }
 
-#[derive(Debug, Deserialize)]
-struct ReadQuery {
-    consistency: Option<String>,
+/// The raw query string, empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    prefix: Option<String>,
-    limit: Option<String>,
-    start_after: Option<String>,
-    consistency: Option<String>,
-}
-
-/// Decodes a key from the URL path, strictly: a `%` must start a valid escape.
-pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
-    let bytes = raw.as_bytes();
+/// The byte offset of the first `%` that does not start a valid escape.
+fn bad_escape(bytes: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
@@ -82,15 +86,82 @@ pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
                 && bytes[i + 1].is_ascii_hexdigit()
                 && bytes[i + 2].is_ascii_hexdigit();
             if !valid {
-                return Err(ApiError::bad_request(
-                    "InvalidKey",
-                    format!("invalid percent-encoding in key at byte {i}"),
-                ));
+                return Some(i);
             }
             i += 3;
         } else {
             i += 1;
         }
+    }
+    None
+}
+
+/// Parses a query string strictly: only the `allowed` parameters, each at
+/// most once, with valid percent-encoding (`+` is a space, as in forms).
+/// Values are bytes, so binary prefixes work like binary keys. Anything
+/// else is refused rather than ignored.
+fn parse_query(
+    raw: &str,
+    allowed: &[&'static str],
+) -> Result<BTreeMap<&'static str, Vec<u8>>, ApiError> {
+    let mut params = BTreeMap::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(name) = allowed.iter().copied().find(|a| *a == name) else {
+            let known = if allowed.is_empty() {
+                "this request takes no query parameters".to_string()
+            } else {
+                format!("known parameters: {}", allowed.join(", "))
+            };
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                format!("unknown query parameter '{name}'; {known}"),
+            ));
+        };
+        let value = value.replace('+', " ");
+        if let Some(at) = bad_escape(value.as_bytes()) {
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                format!("invalid percent-encoding in query parameter '{name}' at byte {at}"),
+            ));
+        }
+        let decoded = percent_encoding::percent_decode(value.as_bytes()).collect();
+        if params.insert(name, decoded).is_some() {
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                format!("query parameter '{name}' is given more than once"),
+            ));
+        }
+    }
+    Ok(params)
+}
+
+/// A query parameter that must be text.
+fn text_param(
+    params: &BTreeMap<&'static str, Vec<u8>>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            String::from_utf8(v.clone()).map_err(|_| {
+                ApiError::bad_request(
+                    "InvalidArgument",
+                    format!("query parameter '{name}' is not UTF-8"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Decodes a key from the URL path, strictly: a `%` must start a valid escape.
+pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = raw.as_bytes();
+    if let Some(i) = bad_escape(bytes) {
+        return Err(ApiError::bad_request(
+            "InvalidKey",
+            format!("invalid percent-encoding in key at byte {i}"),
+        ));
     }
     let key: Vec<u8> = percent_encoding::percent_decode(bytes).collect();
     check_key(&key)?;
@@ -170,12 +241,15 @@ fn key_not_found(key: &[u8]) -> Response {
     .into_response()
 }
 
-async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: ReadQuery) -> Response {
+async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: String) -> Response {
     let key = match decode_key(tail.as_str()) {
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
-    let consistency = match parse_consistency(query.consistency.as_deref()) {
+    let consistency = match parse_query(&query, &["consistency"])
+        .and_then(|q| text_param(&q, "consistency"))
+        .and_then(|c| parse_consistency(c.as_deref()))
+    {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -209,6 +283,7 @@ async fn put(
     tail: Tail,
     node: Arc<Cete>,
     target: RequestTarget,
+    query: String,
     content_type: Option<String>,
     if_match: Option<String>,
     if_none_match: Option<String>,
@@ -218,6 +293,9 @@ async fn put(
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = parse_query(&query, &[]) {
+        return e.into_response();
+    }
     let precondition = match precondition(if_match.as_deref(), if_none_match.as_deref()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -252,12 +330,16 @@ async fn delete(
     tail: Tail,
     node: Arc<Cete>,
     target: RequestTarget,
+    query: String,
     if_match: Option<String>,
 ) -> Response {
     let key = match decode_key(tail.as_str()) {
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = parse_query(&query, &[]) {
+        return e.into_response();
+    }
     let precondition = match precondition(if_match.as_deref(), None) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -282,8 +364,19 @@ async fn delete(
     }
 }
 
-async fn list(node: Arc<Cete>, query: ListQuery) -> Response {
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+async fn list(node: Arc<Cete>, query: String) -> Response {
+    let query = match parse_query(&query, &["prefix", "limit", "start_after", "consistency"]) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let (limit, consistency) = match (
+        text_param(&query, "limit"),
+        text_param(&query, "consistency"),
+    ) {
+        (Ok(l), Ok(c)) => (l, c),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let limit = match limit.as_deref().map(str::parse::<usize>) {
         None => DEFAULT_LIST_LIMIT,
         Some(Ok(n)) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
         Some(_) => {
@@ -294,12 +387,12 @@ async fn list(node: Arc<Cete>, query: ListQuery) -> Response {
             .into_response()
         }
     };
-    let consistency = match parse_consistency(query.consistency.as_deref()) {
+    let consistency = match parse_consistency(consistency.as_deref()) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let prefix = query.prefix.unwrap_or_default().into_bytes();
-    let start_after = query.start_after.map(String::into_bytes);
+    let prefix = query.get("prefix").cloned().unwrap_or_default();
+    let start_after = query.get("start_after").cloned();
     match node.list(prefix, start_after, limit, consistency).await {
         Ok((entries, more)) => {
             let next = if more {
@@ -345,6 +438,23 @@ mod tests {
         let long = "k".repeat(crate::MAX_KEY_LEN + 1);
         assert_eq!(decode_key(&long).unwrap_err().code, "KeyTooLarge");
         assert!(decode_key(&"k".repeat(crate::MAX_KEY_LEN)).is_ok());
+    }
+
+    #[test]
+    fn queries_parse_strictly() {
+        let q = parse_query("prefix=a%2Fb+c&limit=5", &["prefix", "limit"]).unwrap();
+        assert_eq!(q["prefix"], b"a/b c");
+        assert_eq!(q["limit"], b"5");
+        assert_eq!(
+            parse_query("prefix=%ff", &["prefix"]).unwrap()["prefix"],
+            [255]
+        );
+        assert!(parse_query("", &[]).unwrap().is_empty());
+        for bad in ["prefix=%zz", "prefix=a%4", "prefx=a", "prefix=a&prefix=b"] {
+            let err = parse_query(bad, &["prefix"]).unwrap_err();
+            assert_eq!(err.code, "InvalidArgument", "{bad}");
+        }
+        assert!(parse_query("x=1", &[]).is_err());
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(crate) fn node_error(err: Error, target: Option<&super::RequestTarget>) -> R
             StatusCode::SERVICE_UNAVAILABLE
         }
         Error::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::NodeNotFound(_) => StatusCode::NOT_FOUND,
         Error::MembershipChangeInProgress | Error::QuorumLoss(_) | Error::Conflict(_) => {
             StatusCode::CONFLICT
@@ -105,6 +106,15 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             format!(
                 "the request body is larger than the limit of {} bytes",
                 e.limit
+            ),
+        )
+    } else if rejection.find::<super::BodyTimeout>().is_some() {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!(
+                "the request body did not arrive within {} s",
+                super::BODY_READ_TIMEOUT.as_secs()
             ),
         )
     } else if let Some(e) = rejection.find::<super::BodyUnreadable>() {

@@ -15,9 +15,22 @@ use crate::node::Cete;
 pub const OPENAPI: &str = include_str!("../../../openapi.yaml");
 
 pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    // Alive unless storage failed: only a restart recovers from that, and a
+    // failing liveness probe is how an orchestrator is told to restart.
     let liveness = warp::path!("v1" / "liveness_check")
         .and(warp::get())
-        .map(|| warp::reply::json(&json!({"alive": true})).into_response());
+        .and(with_node(node.clone()))
+        .map(|node: Arc<Cete>| match node.storage_failure() {
+            None => warp::reply::json(&json!({"alive": true})).into_response(),
+            Some(e) => warp::reply::with_status(
+                warp::reply::json(&json!({
+                    "alive": false,
+                    "error": {"code": e.code(), "message": e.to_string()},
+                })),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response(),
+        });
     let readiness = warp::path!("v1" / "readiness_check")
         .and(warp::get())
         .and(with_node(node))

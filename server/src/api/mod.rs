@@ -20,11 +20,14 @@ pub fn routes(
     node: Arc<Cete>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let recorder = node.clone();
-    data::routes(node.clone())
+    let api = data::routes(node.clone())
         .or(cluster::routes(node.clone()))
         .or(health::routes(node.clone()))
         .or(metrics::routes(node))
-        .recover(error::recover)
+        .recover(error::recover);
+    warp::path::full()
+        .and(api)
+        .map(with_allow)
         .with(warp::log::custom(move |info| {
             recorder.prometheus.record_request(
                 info.method(),
@@ -40,6 +43,31 @@ pub fn routes(
                 info.elapsed()
             );
         }))
+}
+
+/// A 405 names the methods the path does answer (RFC 9110, section 15.5.6).
+fn with_allow(path: FullPath, reply: impl Reply) -> warp::reply::Response {
+    let mut response = reply.into_response();
+    if response.status() == http::StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(allow) = allowed_methods(path.as_str()) {
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+        }
+    }
+    response
+}
+
+/// The methods each route answers; keep in step with the route files.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    // One table of routes: the metrics' route templates.
+    match crate::metrics::route_template(path) {
+        "/v1/data/{key}" => Some("GET, HEAD, PUT, DELETE"),
+        "/v1/cluster/{id}" => Some("PUT, DELETE"),
+        "/v1/snapshot" => Some("POST"),
+        crate::metrics::OTHER_ROUTE => None,
+        _ => Some("GET"),
+    }
 }
 
 pub(crate) fn with_node(
@@ -113,6 +141,17 @@ pub(crate) struct BodyTooLarge {
 
 impl warp::reject::Reject for BodyTooLarge {}
 
+/// A body that did not arrive within [`BODY_READ_TIMEOUT`].
+#[derive(Debug)]
+pub(crate) struct BodyTimeout;
+
+impl warp::reject::Reject for BodyTimeout {}
+
+/// How long a client may take to send a request body, from its first byte
+/// to its last (a client that trickles a byte a second holds a connection
+/// and a buffer; 4 MiB in this time is about 140 KB/s).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A body unreadable mid-stream (the client went away).
 #[derive(Debug)]
 pub(crate) struct BodyUnreadable(pub String);
@@ -134,7 +173,11 @@ pub(crate) fn limited_body(
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| collect_limited(stream, limit))
+        .and_then(move |stream| async move {
+            tokio::time::timeout(BODY_READ_TIMEOUT, collect_limited(stream, limit))
+                .await
+                .map_err(|_| warp::reject::custom(BodyTimeout))?
+        })
 }
 
 async fn collect_limited<S, B>(stream: S, limit: u64) -> Result<bytes::Bytes, Rejection>

@@ -4,6 +4,7 @@ mod cluster;
 mod data;
 pub mod error;
 mod health;
+mod watch;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     data::routes(node.clone())
         .or(cluster::routes(node.clone()))
+        .or(watch::routes(node.clone()))
         .or(health::routes(node))
         .recover(error::recover)
         .with(warp::log::custom(|info| {

@@ -391,6 +391,13 @@ impl Watcher {
         Ok(watcher)
     }
 
+    /// The first revision this watch can still deliver: its start, or for
+    /// a watch "from now", the revision after the last one applied when it
+    /// began. A client that reconnects asks for this one on.
+    pub fn next_revision(&self) -> u64 {
+        self.next
+    }
+
     /// The next event, in revision order.
     pub async fn next(&mut self) -> Result<Arc<Event>, WatchError> {
         loop {

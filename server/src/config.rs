@@ -782,10 +782,7 @@ mod tests {
         assert_eq!(w.load(&[]).unwrap().watch_history, 50);
         let w = w.env("CETE_WATCH_HISTORY", "60");
         assert_eq!(w.load(&[]).unwrap().watch_history, 60);
-        assert_eq!(
-            w.load(&["--watch-history=70"]).unwrap().watch_history,
-            70
-        );
+        assert_eq!(w.load(&["--watch-history=70"]).unwrap().watch_history, 70);
         let err = w.load(&["--watch-history=0"]).unwrap_err().to_string();
         assert!(err.contains("--watch-history") && err.contains("CETE_WATCH_HISTORY"));
     }

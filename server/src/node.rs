@@ -254,10 +254,7 @@ impl Cete {
     /// (`None`: from now), as this node applies them: every node delivers
     /// the same events in the same order, each once it has applied them.
     pub async fn watch(&self, prefix: Vec<u8>, start: Option<u64>) -> Result<Watcher> {
-        self.reader
-            .watch(prefix, start)
-            .await
-            .map_err(watch_error)
+        self.reader.watch(prefix, start).await.map_err(watch_error)
     }
 
     pub fn node_status(&self) -> NodeStatus {

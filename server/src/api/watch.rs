@@ -48,7 +48,10 @@ struct WatchQuery {
 /// The first revision wanted: after `Last-Event-ID` (a reconnecting
 /// EventSource repeats the original query, so the header wins), else
 /// `start_revision`; `None` (or 0) means from the next change on.
-fn start_of(start_revision: Option<&str>, last_event_id: Option<&str>) -> Result<Option<u64>, ApiError> {
+fn start_of(
+    start_revision: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<Option<u64>, ApiError> {
     if let Some(id) = last_event_id.map(str::trim).filter(|id| !id.is_empty()) {
         return id
             .parse::<u64>()
@@ -116,7 +119,9 @@ async fn forward(mut watcher: Watcher, tx: mpsc::Sender<Result<sse::Event, Infal
             Err(e) => {
                 let body = error_body(&watch_error(e));
                 let _ = tx
-                    .send(Ok(sse::Event::default().event("error").data(body.to_string())))
+                    .send(Ok(sse::Event::default()
+                        .event("error")
+                        .data(body.to_string())))
                     .await;
                 return;
             }
@@ -195,8 +200,14 @@ mod tests {
         assert_eq!(start_of(Some("7"), None).unwrap(), Some(7));
         assert_eq!(start_of(Some("7"), Some("41")).unwrap(), Some(42));
         assert_eq!(start_of(None, Some(" 9 ")).unwrap(), Some(10));
-        assert_eq!(start_of(Some("x"), None).unwrap_err().code, "InvalidArgument");
-        assert_eq!(start_of(None, Some("-1")).unwrap_err().code, "InvalidArgument");
+        assert_eq!(
+            start_of(Some("x"), None).unwrap_err().code,
+            "InvalidArgument"
+        );
+        assert_eq!(
+            start_of(None, Some("-1")).unwrap_err().code,
+            "InvalidArgument"
+        );
     }
 
     fn json_of(event: &Event) -> Value {

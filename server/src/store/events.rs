@@ -102,7 +102,10 @@ impl Event {
 pub enum WatchError {
     /// `requested` is older than the history holds; `oldest` is the first
     /// revision it holds in full.
-    Compacted { requested: u64, oldest: u64 },
+    Compacted {
+        requested: u64,
+        oldest: u64,
+    },
     /// The watcher fell more than [`WATCHER_QUEUE`] events behind.
     TooSlow,
     /// The node is shutting down.
@@ -170,6 +173,11 @@ impl EventHub {
                 match sub.tx.try_send(event.clone()) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        log::info!(
+                            "dropping a watcher of prefix {:?}: {WATCHER_QUEUE} events behind at revision {}",
+                            String::from_utf8_lossy(&sub.prefix),
+                            event.revision
+                        );
                         let _ = sub.end.set(WatchError::TooSlow);
                         return false;
                     }
@@ -409,7 +417,10 @@ impl Watcher {
                 return Ok(event);
             }
             if self.following {
-                let live = self.live.as_mut().expect("following implies a subscription");
+                let live = self
+                    .live
+                    .as_mut()
+                    .expect("following implies a subscription");
                 match live.rx.recv().await {
                     // Replay already delivered it.
                     Some(event) if event.revision < self.next => continue,

@@ -809,6 +809,15 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(3));
         let current = target.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.snapshot_id, snapshot.meta.snapshot_id);
+        // The history it had is gone: watches start after the snapshot.
+        assert_eq!(
+            reader.watch(Vec::new(), Some(1)).await.err(),
+            Some(WatchError::Compacted {
+                requested: 1,
+                oldest: 4
+            })
+        );
+        assert!(reader.watch(Vec::new(), Some(4)).await.is_ok());
     }
 
     #[tokio::test]

@@ -227,6 +227,10 @@ impl EventHub {
         Ok((Subscription { rx, end }, state.published))
     }
 
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Live watchers right now.
     pub fn watchers(&self) -> usize {
         self.lock()
@@ -410,7 +414,14 @@ impl Watcher {
     pub async fn next(&mut self) -> Result<Arc<Event>, WatchError> {
         loop {
             if let Some(end) = self.live.as_ref().and_then(|l| l.end.get()) {
-                return Err(end.clone());
+                return Err(match end {
+                    // Name this watcher's own position, not the hub's.
+                    WatchError::Compacted { oldest, .. } => WatchError::Compacted {
+                        requested: self.next,
+                        oldest: *oldest,
+                    },
+                    other => other.clone(),
+                });
             }
             if let Some(event) = self.pending.pop_front() {
                 self.next = self.next.max(event.revision + 1);
@@ -428,7 +439,9 @@ impl Watcher {
                         self.next = event.revision + 1;
                         return Ok(event);
                     }
-                    None => return Err(live.end.get().cloned().unwrap_or(WatchError::Closed)),
+                    // Ended by the hub: the check above says why.
+                    None if live.end.get().is_some() => continue,
+                    None => return Err(WatchError::Closed),
                 }
             }
             if self.next > self.bound {
@@ -442,6 +455,9 @@ impl Watcher {
                     self.following = true;
                 }
                 continue;
+            }
+            if self.hub.is_closed() {
+                return Err(WatchError::Closed);
             }
             let (db, prefix, from, upto) =
                 (self.db.clone(), self.prefix.clone(), self.next, self.bound);
@@ -560,10 +576,13 @@ mod tests {
             .await
             .unwrap();
         hub.reset(50, 51);
-        assert!(matches!(
+        assert_eq!(
             watcher.next().await,
-            Err(WatchError::Compacted { oldest: 51, .. })
-        ));
+            Err(WatchError::Compacted {
+                requested: 1,
+                oldest: 51
+            })
+        );
         hub.close();
         assert_eq!(
             Watcher::start(db, hub, Vec::new(), None).await.err(),

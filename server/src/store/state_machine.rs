@@ -83,14 +83,16 @@ impl StateMachine {
         let last_applied = read_meta::<Option<LogId>>(&db, KEY_LAST_APPLIED)?.flatten();
         let membership = read_meta::<StoredMembership>(&db, KEY_MEMBERSHIP)?.unwrap_or_default();
         let applied = last_applied.map_or(0, |l| l.index);
-        let events_oldest = events::read_oldest(&db, applied)?;
-        // Recorded at once: a database from before the history existed
-        // holds no events up to here, and readers must know it.
-        db.rocks().put_cf(
-            db.cf(CF_META),
-            events::KEY_EVENTS_OLDEST,
-            encode(&events_oldest),
-        )?;
+        let db2 = db.clone();
+        let events_oldest = blocking(move || -> Result<u64, StoreError> {
+            let oldest = events::read_oldest(&db2, applied)?;
+            // Recorded at once: a database from before the history existed
+            // holds no events up to here, and readers must know it.
+            db2.rocks()
+                .put_cf(db2.cf(CF_META), events::KEY_EVENTS_OLDEST, encode(&oldest))?;
+            Ok(oldest)
+        })
+        .await?;
         Ok(StateMachine {
             db,
             last_applied,

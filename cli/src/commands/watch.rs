@@ -88,18 +88,24 @@ pub async fn watch(client: &Client, args: WatchArgs) -> Result<ExitCode> {
     // Reconnecting stops once nothing has worked for this long.
     let mut give_up_at = Instant::now() + client.timeout();
     loop {
-        match follow(client, &args.prefix, &mut next, &mut give_up_at).await? {
-            Dropped::Ended(why) => {
-                failures = 0;
-                eprintln!("cete: {why}; resuming");
-            }
+        let before = give_up_at;
+        let dropped = follow(client, &args.prefix, &mut next, &mut give_up_at).await?;
+        if give_up_at != before {
+            // It connected: a later drop is a new outage.
+            failures = 0;
+        }
+        match dropped {
+            Dropped::Ended(why) => eprintln!("cete: {why}; resuming"),
             Dropped::Lost(why) => {
                 if Instant::now() >= give_up_at {
                     anyhow::bail!("{why}; gave up reconnecting after {:?}", client.timeout());
                 }
                 let wait = Duration::from_millis(100 << failures.min(3));
+                if failures == 0 {
+                    // Once per outage, not once per attempt.
+                    eprintln!("cete: {why}; reconnecting");
+                }
                 failures += 1;
-                eprintln!("cete: {why}; reconnecting");
                 tokio::time::sleep(wait).await;
             }
         }

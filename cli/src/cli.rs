@@ -56,6 +56,9 @@ pub enum Command {
     Delete(DeleteArgs),
     /// List keys (with revision, size and content type), one JSON object per line.
     List(ListArgs),
+    /// Follow changes to keys, one JSON object per line, until interrupted
+    /// (GET /v1/watch). Resumes by itself after a dropped connection.
+    Watch(WatchArgs),
     /// Add a node to the cluster (PUT /v1/cluster/ID).
     Join(JoinArgs),
     /// Remove a node from the cluster (DELETE /v1/cluster/ID).
@@ -150,6 +153,17 @@ pub struct ListArgs {
     /// Read consistency (server default when omitted).
     #[arg(long, value_enum)]
     pub consistency: Option<Consistency>,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Only keys starting with this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Start with this revision (every change at or after it that the node
+    /// still holds); default: changes from now on.
+    #[arg(long, value_name = "REV")]
+    pub start_revision: Option<u64>,
 }
 
 #[derive(Args, Debug)]

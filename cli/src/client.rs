@@ -336,6 +336,26 @@ impl Client {
         }
     }
 
+    /// Sends a GET and returns once the answer's headers arrive (within
+    /// the timeout), leaving its body to be streamed; no redirects.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<reqwest::Response, TransportError> {
+        let url = urls::join(&self.base, path, query);
+        match tokio::time::timeout(self.timeout, self.http.get(url.clone()).send()).await {
+            Err(_) => Err(self.timeout_error(&url)),
+            Ok(Err(e)) => Err(self.transport_error(&url, e)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// How long one call may take (the --timeout flag).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// GET `path` and parse the JSON answer.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
         self.call(&Call::get(path)).await?.json()

@@ -52,6 +52,8 @@ pub struct Config {
     pub snapshot_threshold: u64,
     /// Largest accepted value in bytes (at least 1).
     pub max_value_size: u64,
+    /// Revisions of change history kept for resuming watches (at least 1).
+    pub watch_history: u64,
     /// The config file that was read, if any (worth logging at start-up).
     pub config_file: Option<PathBuf>,
 }
@@ -124,6 +126,10 @@ pub struct ServerArgs {
     /// Largest accepted value in bytes [default: 4194304] [env: CETE_MAX_VALUE_SIZE]
     #[arg(long, value_name = "BYTES")]
     pub max_value_size: Option<String>,
+    /// Revisions of change history kept so watches can resume [default: 100000]
+    /// [env: CETE_WATCH_HISTORY]
+    #[arg(long, value_name = "N")]
+    pub watch_history: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -202,7 +208,7 @@ impl fmt::Display for Source {
 
 /// Every setting, by its config file key. The flag is `--` plus the key in kebab case and the
 /// env var is `CETE_` plus the key in upper case (as in the original Cete).
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "id",
     "raft_address",
     "grpc_address",
@@ -218,6 +224,7 @@ const KEYS: [&str; 15] = [
     "log_compress",
     "snapshot_threshold",
     "max_value_size",
+    "watch_history",
 ];
 
 fn flag_name(key: &str) -> String {
@@ -315,6 +322,7 @@ fn flag_layer(args: &ServerArgs) -> Layer {
         ("log_compress", &args.log_compress),
         ("snapshot_threshold", &args.snapshot_threshold),
         ("max_value_size", &args.max_value_size),
+        ("watch_history", &args.watch_history),
     ];
     given
         .into_iter()
@@ -483,6 +491,10 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
             parse_at_least(v, 1, "a whole number of bytes")
         })?
         .unwrap_or(DEFAULT_MAX_VALUE_SIZE),
+        watch_history: setting(raw, "watch_history", |v| {
+            parse_at_least(v, 1, "a whole number of revisions")
+        })?
+        .unwrap_or(crate::store::events::DEFAULT_WATCH_HISTORY),
         id,
         data_directory,
         config_file,
@@ -709,6 +721,7 @@ mod tests {
         );
         assert_eq!(c.snapshot_threshold, 10_000);
         assert_eq!(c.max_value_size, 4 * 1024 * 1024);
+        assert_eq!(c.watch_history, 100_000);
         assert_eq!(c.config_file, None);
     }
 
@@ -761,6 +774,17 @@ mod tests {
         assert!(!w.load(&["--log-compress=false"]).unwrap().log_compress);
         let w = World::new().env("CETE_LOG_COMPRESS", "false");
         assert!(w.load(&["--log-compress"]).unwrap().log_compress);
+    }
+
+    #[test]
+    fn watch_history_from_every_source() {
+        let w = World::new().file("home/cete.yaml", "watch_history: 50\n");
+        assert_eq!(w.load(&[]).unwrap().watch_history, 50);
+        let w = w.env("CETE_WATCH_HISTORY", "60");
+        assert_eq!(w.load(&[]).unwrap().watch_history, 60);
+        assert_eq!(w.load(&["--watch-history=70"]).unwrap().watch_history, 70);
+        let err = w.load(&["--watch-history=0"]).unwrap_err().to_string();
+        assert!(err.contains("--watch-history") && err.contains("CETE_WATCH_HISTORY"));
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub enum Error {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(
+        "revision {requested} is compacted: the oldest revision this node still holds is {oldest}"
+    )]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("the watcher fell too far behind and was dropped; resume from the revision after the last event received")]
+    WatcherTooSlow,
 }
 
 impl Error {
@@ -61,6 +67,8 @@ impl Error {
             Error::StorageFull(_) => "StorageFull",
             Error::ShuttingDown => "ShuttingDown",
             Error::Internal(_) => "Internal",
+            Error::Compacted { .. } => "Compacted",
+            Error::WatcherTooSlow => "WatcherTooSlow",
         }
     }
 }

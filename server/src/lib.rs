@@ -64,6 +64,9 @@ impl NodeHandle {
     /// closes RocksDB.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // Watch streams never end on their own; end them so the HTTP
+        // server's graceful shutdown does not wait on them.
+        self.node.reader().events().close();
         for server in self.servers {
             let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         }
@@ -158,6 +161,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         .await
         .context("reading the committed index")?
         .map_or(0, |l| l.index);
+    let state_machine = state_machine.with_watch_history(config.watch_history);
     let reader = state_machine.reader();
     let pool = ChannelPool::new(tls::ClientTls::default());
     let raft = openraft::Raft::new(

@@ -16,6 +16,7 @@ use crate::raft::network::ChannelPool;
 use crate::raft::peer::PeerClient;
 use crate::raft::typ::{CheckIsLeaderError, Raft, RaftMetrics};
 use crate::raft::{node_id_of, Command, CommandResult, NodeId, NodeInfo};
+use crate::store::events::{WatchError, Watcher};
 use crate::store::state_machine::{KeyEntry, KvReader};
 use crate::store::value::StoredValue;
 
@@ -82,6 +83,16 @@ pub enum Restart {
     WipeForJoin,
     /// Start again with the state as it is.
     Keep,
+}
+
+/// The node error for a watch that cannot start or go on.
+pub fn watch_error(err: WatchError) -> Error {
+    match err {
+        WatchError::Compacted { requested, oldest } => Error::Compacted { requested, oldest },
+        WatchError::TooSlow => Error::WatcherTooSlow,
+        WatchError::Closed => Error::ShuttingDown,
+        WatchError::Storage(e) => Error::Storage(e),
+    }
 }
 
 /// Marker left in the data directory of a removed node: it must not rejoin
@@ -274,6 +285,13 @@ impl Cete {
             .list(prefix, start_after, limit)
             .await
             .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Follows changes to keys starting with `prefix` from revision `start`
+    /// (`None`: from now), as this node applies them: every node delivers
+    /// the same events in the same order, each once it has applied them.
+    pub async fn watch(&self, prefix: Vec<u8>, start: Option<u64>) -> Result<Watcher> {
+        self.reader.watch(prefix, start).await.map_err(watch_error)
     }
 
     pub fn node_status(&self) -> NodeStatus {

@@ -7,3 +7,4 @@ mod disk;
 mod harness;
 mod metrics;
 mod single_node;
+mod watch;

@@ -3,6 +3,7 @@
 mod cluster;
 mod data;
 mod start;
+mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ pub async fn run(client: &Client, command: Command) -> Result<ExitCode> {
         Command::Set(args) => data::set(client, args).await,
         Command::Delete(args) => data::delete(client, args).await,
         Command::List(args) => data::list(client, args).await,
+        Command::Watch(args) => watch::watch(client, args).await,
         Command::Start(_) | Command::Version | Command::Bench(_) => {
             unreachable!("dispatched in main")
         }

@@ -69,6 +69,9 @@ pub(crate) fn node_error(err: Error, target: Option<&super::RequestTarget>) -> R
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         Error::PeerUnavailable(_) => StatusCode::BAD_GATEWAY,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Compacted { .. } => StatusCode::GONE,
+        // Only ever sent inside a watch stream, never as a status.
+        Error::WatcherTooSlow => StatusCode::SERVICE_UNAVAILABLE,
     };
     if let Error::NotLeader(hint) = &err {
         let location = target
@@ -92,7 +95,21 @@ pub(crate) fn node_error(err: Error, target: Option<&super::RequestTarget>) -> R
         }
         return response;
     }
+    if let Error::Compacted { .. } = &err {
+        return warp::reply::with_status(warp::reply::json(&error_body(&err)), status)
+            .into_response();
+    }
     ApiError::new(status, err.code(), err.to_string()).into_response()
+}
+
+/// The JSON body of a node error, as sent in a response or a stream's error
+/// event: `{"error": {...}}`, plus the oldest revision for `Compacted`.
+pub(crate) fn error_body(err: &Error) -> serde_json::Value {
+    let mut body = json!({"error": {"code": err.code(), "message": err.to_string()}});
+    if let Error::Compacted { oldest, .. } = err {
+        body["oldest_revision"] = json!(oldest);
+    }
+    body
 }
 
 /// Routing failures (unknown path, wrong method, bad query, oversized body) as JSON.

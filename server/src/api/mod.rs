@@ -5,6 +5,7 @@ mod data;
 pub mod error;
 mod health;
 mod metrics;
+mod watch;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ pub fn routes(
     let recorder = node.clone();
     let api = data::routes(node.clone())
         .or(cluster::routes(node.clone()))
+        .or(watch::routes(node.clone()))
         .or(health::routes(node.clone()))
         .or(metrics::routes(node))
         .recover(error::recover);

@@ -5,8 +5,10 @@
 //! - `logs`: Raft entries keyed by big-endian u64 index, so iteration is in log order;
 //! - `raft`: vote, committed log id, last purged log id;
 //! - `data`: the key-value state machine (see `value` for the encoding);
-//! - `meta`: state-machine metadata (last applied log id, membership, current snapshot).
+//! - `meta`: state-machine metadata (last applied log id, membership, current snapshot);
+//! - `events`: the recent change history for watches, keyed by big-endian revision.
 
+pub mod events;
 pub mod log;
 pub mod snapshot;
 pub mod state_machine;
@@ -27,6 +29,7 @@ pub const CF_LOGS: &str = "logs";
 pub const CF_RAFT: &str = "raft";
 pub const CF_DATA: &str = "data";
 pub const CF_META: &str = "meta";
+pub const CF_EVENTS: &str = "events";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -71,7 +74,7 @@ impl Db {
         // never acknowledged.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META]
+        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let inner =
@@ -116,7 +119,7 @@ impl Db {
 
     /// Approximate on-disk size of the whole database, for metrics and status.
     pub fn approximate_size(&self) -> u64 {
-        [CF_LOGS, CF_RAFT, CF_DATA, CF_META]
+        [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS]
             .into_iter()
             .filter_map(|name| {
                 self.inner

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -16,6 +17,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
+use super::events::{self, Event, EventHub, WatchError, Watcher};
 use super::snapshot::{self, SnapshotError, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_META};
@@ -45,6 +47,11 @@ pub struct StateMachine {
     membership: StoredMembership,
     /// Where the snapshot being received from the leader is written.
     receiving: Option<PathBuf>,
+    /// Revisions of change history kept for watches.
+    watch_history: u64,
+    /// The oldest revision the change history holds in full.
+    events_oldest: u64,
+    hub: Arc<EventHub>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -75,18 +82,40 @@ impl StateMachine {
         .await?;
         let last_applied = read_meta::<Option<LogId>>(&db, KEY_LAST_APPLIED)?.flatten();
         let membership = read_meta::<StoredMembership>(&db, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let applied = last_applied.map_or(0, |l| l.index);
+        let db2 = db.clone();
+        let events_oldest = blocking(move || -> Result<u64, StoreError> {
+            let oldest = events::read_oldest(&db2, applied)?;
+            // Recorded at once: a database from before the history existed
+            // holds no events up to here, and readers must know it.
+            db2.rocks()
+                .put_cf(db2.cf(CF_META), events::KEY_EVENTS_OLDEST, encode(&oldest))?;
+            Ok(oldest)
+        })
+        .await?;
         Ok(StateMachine {
             db,
             last_applied,
             membership,
             receiving: None,
+            watch_history: events::DEFAULT_WATCH_HISTORY,
+            events_oldest,
+            hub: Arc::new(EventHub::new(applied)),
         })
+    }
+
+    /// Keeps the change history for watches to the last `revisions` log
+    /// indexes (at least 1).
+    pub fn with_watch_history(mut self, revisions: u64) -> StateMachine {
+        self.watch_history = revisions.max(1);
+        self
     }
 
     /// The read side of the state machine, for the API.
     pub fn reader(&self) -> KvReader {
         KvReader {
             db: self.db.clone(),
+            hub: self.hub.clone(),
         }
     }
 }
@@ -96,6 +125,7 @@ impl StateMachine {
 #[derive(Clone)]
 pub struct KvReader {
     db: Db,
+    hub: Arc<EventHub>,
 }
 
 /// One key in a listing.
@@ -187,6 +217,17 @@ impl KvReader {
             move || Ok(read_meta::<StoredMembership>(&db, KEY_MEMBERSHIP)?.unwrap_or_default()),
         )
         .await
+    }
+
+    /// Live watchers and the end of their history.
+    pub fn events(&self) -> &Arc<EventHub> {
+        &self.hub
+    }
+
+    /// A watch of the keys starting with `prefix`: every event from revision
+    /// `start` on (`None`: from the next one applied here).
+    pub async fn watch(&self, prefix: Vec<u8>, start: Option<u64>) -> Result<Watcher, WatchError> {
+        Watcher::start(self.db.clone(), self.hub.clone(), prefix, start).await
     }
 
     /// Writes a consistent point-in-time snapshot file of the whole state
@@ -314,6 +355,7 @@ fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotMeta, Snapsh
         encode(&meta.last_membership),
     );
     record_current_snapshot(db, &mut batch, &meta, file);
+    events::restart_after(db, &mut batch, meta.last_log_id.map_or(0, |l| l.index));
     batch.delete_cf(db.cf(CF_META), KEY_INSTALL_PENDING);
     db.rocks().write_opt(batch, &sync).map_err(rocks_err)?;
     remove_other_snapshots(db, file);
@@ -363,6 +405,7 @@ fn apply_command(
     overlay: &mut Overlay,
     index: u64,
     command: Command,
+    events: &mut Vec<Arc<Event>>,
 ) -> Result<CommandResult, StorageError> {
     match command {
         Command::Put {
@@ -383,6 +426,13 @@ fn apply_command(
                 &key,
                 value::encode(create, index, &content_type, &bytes),
             );
+            events.push(Arc::new(Event::put(
+                index,
+                &key,
+                create,
+                &content_type,
+                &bytes,
+            )));
             overlay.insert(key, Some((create, index)));
             Ok(CommandResult::Written {
                 revision: index,
@@ -400,6 +450,7 @@ fn apply_command(
                 return Ok(CommandResult::NotFound);
             }
             batch.delete_cf(db.cf(CF_DATA), &key);
+            events.push(Arc::new(Event::delete(index, &key)));
             overlay.insert(key, None);
             Ok(CommandResult::Deleted { revision: index })
         }
@@ -424,9 +475,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let db = self.db.clone();
         let mut membership = self.membership.clone();
-        let (results, last_applied, membership) = blocking(move || {
+        let (history, oldest) = (self.watch_history, self.events_oldest);
+        let (results, last_applied, membership, events, oldest) = blocking(move || {
             let mut batch = WriteBatch::default();
             let mut overlay = Overlay::new();
+            let mut events = Vec::new();
             let mut results = Vec::with_capacity(entries.len());
             let mut last_applied = None;
             let mut membership_changed = false;
@@ -439,9 +492,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         membership_changed = true;
                         CommandResult::Applied
                     }
-                    EntryPayload::Normal(command) => {
-                        apply_command(&db, &mut batch, &mut overlay, entry.log_id.index, command)?
-                    }
+                    EntryPayload::Normal(command) => apply_command(
+                        &db,
+                        &mut batch,
+                        &mut overlay,
+                        entry.log_id.index,
+                        command,
+                        &mut events,
+                    )?,
                 };
                 results.push(result);
             }
@@ -449,14 +507,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if membership_changed {
                 batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
             }
+            let applied = last_applied.map_or(0, |l| l.index);
+            let oldest = events::record(&db, &mut batch, &events, applied, history, oldest);
             db.rocks()
                 .write(batch)
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            Ok::<_, StorageError>((results, last_applied, membership))
+            Ok::<_, StorageError>((results, last_applied, membership, events, oldest))
         })
         .await?;
         self.last_applied = last_applied;
         self.membership = membership;
+        self.events_oldest = oldest;
+        // Only once the batch is durable in RocksDB: a watcher that
+        // subscribes later finds these events in the history instead.
+        self.hub
+            .publish(&events, last_applied.map_or(0, |l| l.index));
         Ok(results)
     }
 
@@ -525,6 +590,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.db.snapshot_metrics().installed(started.elapsed());
         self.last_applied = installed.last_log_id;
         self.membership = installed.last_membership;
+        let applied = self.last_applied.map_or(0, |l| l.index);
+        self.events_oldest = applied + 1;
+        self.hub.reset(applied, self.events_oldest);
         Ok(())
     }
 
@@ -756,6 +824,15 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(3));
         let current = target.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.snapshot_id, snapshot.meta.snapshot_id);
+        // The history it had is gone: watches start after the snapshot.
+        assert_eq!(
+            reader.watch(Vec::new(), Some(1)).await.err(),
+            Some(WatchError::Compacted {
+                requested: 1,
+                oldest: 4
+            })
+        );
+        assert!(reader.watch(Vec::new(), Some(4)).await.is_ok());
     }
 
     #[tokio::test]

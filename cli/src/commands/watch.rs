@@ -1,0 +1,210 @@
+//! `cete watch`: follows `/v1/watch` (Server-Sent Events) and prints each
+//! event's JSON on one line. A dropped connection (or a "too slow" end) is
+//! resumed from the revision after the last event printed, so the output
+//! has no gap and no duplicate; a compacted start is an error.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::write_stdout;
+use crate::cli::WatchArgs;
+use crate::client::{ApiError, Client};
+use crate::urls;
+
+/// Error codes after which the same watch is simply opened again.
+const RESUMABLE: [&str; 2] = ["WatcherTooSlow", "ShuttingDown"];
+
+/// One event of a Server-Sent Events stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+/// Splits a Server-Sent Events byte stream into events (the fields Cete
+/// sends: `event`, `data`, `id`; comments and unknown fields are skipped).
+#[derive(Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if self.has_data {
+                    events.push(std::mem::take(&mut self.current));
+                }
+                self.current = SseEvent::default();
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.current.event = value.to_string(),
+                "id" => self.current.id = Some(value.to_string()),
+                "data" => {
+                    if self.has_data {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+}
+
+/// How one connection ended, when it did not end the command.
+enum Dropped {
+    /// The connection broke or closed: resume after a pause.
+    Lost(String),
+    /// The server ended the stream with a resumable error: resume at once.
+    Ended(String),
+}
+
+pub async fn watch(client: &Client, args: WatchArgs) -> Result<ExitCode> {
+    let mut next = args.start_revision.filter(|r| *r > 0);
+    let mut failures: u32 = 0;
+    // Reconnecting stops once nothing has worked for this long.
+    let mut give_up_at = Instant::now() + client.timeout();
+    loop {
+        let before = give_up_at;
+        let dropped = follow(client, &args.prefix, &mut next, &mut give_up_at).await?;
+        if give_up_at != before {
+            // It connected: a later drop is a new outage.
+            failures = 0;
+        }
+        match dropped {
+            Dropped::Ended(why) => eprintln!("cete: {why}; resuming"),
+            Dropped::Lost(why) => {
+                if Instant::now() >= give_up_at {
+                    anyhow::bail!("{why}; gave up reconnecting after {:?}", client.timeout());
+                }
+                let wait = Duration::from_millis(100 << failures.min(3));
+                if failures == 0 {
+                    // Once per outage, not once per attempt.
+                    eprintln!("cete: {why}; reconnecting");
+                }
+                failures += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// One connection: prints events until it ends. `next` follows the last
+/// revision printed; `give_up_at` moves on whenever the server answers.
+async fn follow(
+    client: &Client,
+    prefix: &str,
+    next: &mut Option<u64>,
+    give_up_at: &mut Instant,
+) -> Result<Dropped> {
+    let mut pairs = Vec::new();
+    if !prefix.is_empty() {
+        pairs.push(("prefix", prefix.to_string()));
+    }
+    if let Some(rev) = *next {
+        pairs.push(("start_revision", rev.to_string()));
+    }
+    let query = urls::query_string(&pairs);
+    let response = match client.open_stream("/v1/watch", query.as_deref()).await {
+        Ok(response) => response,
+        Err(e) => return Ok(Dropped::Lost(e.to_string())),
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        let err = ApiError::decode(status, &body);
+        if RESUMABLE.contains(&err.code.as_str()) {
+            return Ok(Dropped::Lost(err.to_string()));
+        }
+        return Err(err.into());
+    }
+    *give_up_at = Instant::now() + client.timeout();
+    if next.is_none() {
+        *next = response
+            .headers()
+            .get("x-cete-watch-start")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+    }
+    let mut body = response.bytes_stream();
+    let mut parser = SseParser::default();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return Ok(Dropped::Lost(format!("the watch connection broke: {e}"))),
+        };
+        *give_up_at = Instant::now() + client.timeout();
+        let mut out = String::new();
+        for event in parser.feed(&chunk) {
+            if event.event == "error" {
+                write_stdout(out.as_bytes())?;
+                let err = ApiError::decode(reqwest::StatusCode::OK, event.data.as_bytes());
+                if RESUMABLE.contains(&err.code.as_str()) {
+                    return Ok(Dropped::Ended(err.to_string()));
+                }
+                return Err(err.into());
+            }
+            if let Some(rev) = event.id.as_deref().and_then(|id| id.parse::<u64>().ok()) {
+                *next = Some(rev + 1);
+            }
+            out.push_str(&event.data);
+            out.push('\n');
+        }
+        write_stdout(out.as_bytes())?;
+    }
+    Ok(Dropped::Lost("the server closed the watch".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_split_anywhere() {
+        let text = ": keep-alive\n\nid:5\nevent:put\ndata:{\"a\":1}\n\nevent: error\r\ndata: x\ndata: y\n\n";
+        for split in 0..text.len() {
+            let mut parser = SseParser::default();
+            let mut events = parser.feed(&text.as_bytes()[..split]);
+            events.extend(parser.feed(&text.as_bytes()[split..]));
+            assert_eq!(
+                events,
+                vec![
+                    SseEvent {
+                        event: "put".into(),
+                        data: "{\"a\":1}".into(),
+                        id: Some("5".into())
+                    },
+                    SseEvent {
+                        event: "error".into(),
+                        data: "x\ny".into(),
+                        id: None
+                    },
+                ],
+                "split at {split}"
+            );
+        }
+    }
+}

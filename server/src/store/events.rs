@@ -1,0 +1,592 @@
+//! The change history behind watches: every applied put and delete, kept in
+//! the `events` column family for a bounded window of revisions, and handed
+//! to live watchers as it is applied.
+//!
+//! Events are written in the same WriteBatch as the data change they
+//! describe, so history and data never disagree, and every node that applies
+//! the same log holds the same history. A node whose state is replaced by a
+//! snapshot only knows events after the snapshot's index.
+//!
+//! Live delivery never blocks apply: each watcher has a bounded queue, and a
+//! watcher whose queue is full is ended with [`WatchError::TooSlow`] (it can
+//! resume from its last revision, from the history).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{blocking, decode, encode, Db, StoreError, CF_EVENTS, CF_META};
+
+/// Meta key of the oldest revision the history still holds in full.
+pub(crate) const KEY_EVENTS_OLDEST: &[u8] = b"events_oldest";
+
+/// Default number of revisions (log indexes) kept for resuming watches.
+pub const DEFAULT_WATCH_HISTORY: u64 = 100_000;
+
+/// Values up to this size travel inside events; larger ones are announced
+/// by size only (read them with a GET). This bounds the history on disk to
+/// about `history x (key + 16 KiB)` at worst.
+pub const MAX_EVENT_VALUE: usize = 16 * 1024;
+
+/// Events queued for one live watcher before it counts as too slow.
+pub const WATCHER_QUEUE: usize = 256;
+
+/// Events read from the history per page while a watcher catches up.
+const REPLAY_PAGE: usize = 256;
+/// History entries examined per page (prefix filters skip most of them).
+const REPLAY_SCAN: usize = 4096;
+/// Beyond this many revisions a trim is one range deletion, not point deletes.
+const POINT_DELETE_LIMIT: u64 = 4096;
+
+/// Put or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The log index of the change: the key's new modify revision.
+    pub revision: u64,
+    pub kind: EventKind,
+    pub key: Vec<u8>,
+    /// Puts only: the key's create revision.
+    pub create_revision: u64,
+    /// Puts only.
+    pub content_type: String,
+    /// Puts only: the value's size in bytes.
+    pub size: u64,
+    /// Puts only, and only values up to [`MAX_EVENT_VALUE`] bytes.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Event {
+    pub(crate) fn put(
+        revision: u64,
+        key: &[u8],
+        create_revision: u64,
+        content_type: &str,
+        value: &[u8],
+    ) -> Event {
+        Event {
+            revision,
+            kind: EventKind::Put,
+            key: key.to_vec(),
+            create_revision,
+            content_type: content_type.to_string(),
+            size: value.len() as u64,
+            value: (value.len() <= MAX_EVENT_VALUE).then(|| value.to_vec()),
+        }
+    }
+
+    pub(crate) fn delete(revision: u64, key: &[u8]) -> Event {
+        Event {
+            revision,
+            kind: EventKind::Delete,
+            key: key.to_vec(),
+            create_revision: 0,
+            content_type: String::new(),
+            size: 0,
+            value: None,
+        }
+    }
+}
+
+/// Why a watch cannot start or go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchError {
+    /// `requested` is older than the history holds; `oldest` is the first
+    /// revision it holds in full.
+    Compacted {
+        requested: u64,
+        oldest: u64,
+    },
+    /// The watcher fell more than [`WATCHER_QUEUE`] events behind.
+    TooSlow,
+    /// The node is shutting down.
+    Closed,
+    Storage(String),
+}
+
+/// How a live subscription ended, set once by the hub.
+type EndSlot = Arc<OnceLock<WatchError>>;
+
+struct Subscriber {
+    prefix: Vec<u8>,
+    tx: mpsc::Sender<Arc<Event>>,
+    end: EndSlot,
+}
+
+struct HubState {
+    /// Every event up to this revision is in the history on disk (or
+    /// compacted); every later one goes to the subscribers.
+    published: u64,
+    subscribers: Vec<Subscriber>,
+    closed: bool,
+}
+
+/// Fans applied events out to live watchers.
+pub struct EventHub {
+    state: Mutex<HubState>,
+}
+
+struct Subscription {
+    rx: mpsc::Receiver<Arc<Event>>,
+    end: EndSlot,
+}
+
+impl EventHub {
+    pub(crate) fn new(published: u64) -> EventHub {
+        EventHub {
+            state: Mutex::new(HubState {
+                published,
+                subscribers: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        // Nothing under this lock can leave the state half-changed.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last applied index whose events were handed to watchers.
+    pub fn published(&self) -> u64 {
+        self.lock().published
+    }
+
+    /// Hands a batch's events (already durable in the history) to watchers,
+    /// and records that everything up to `applied` is published. Never waits.
+    pub(crate) fn publish(&self, events: &[Arc<Event>], applied: u64) {
+        let mut state = self.lock();
+        state.subscribers.retain(|sub| {
+            if sub.tx.is_closed() {
+                return false;
+            }
+            for event in events.iter().filter(|e| e.key.starts_with(&sub.prefix)) {
+                match sub.tx.try_send(event.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        log::info!(
+                            "dropping a watcher of prefix {:?}: {WATCHER_QUEUE} events behind at revision {}",
+                            String::from_utf8_lossy(&sub.prefix),
+                            event.revision
+                        );
+                        let _ = sub.end.set(WatchError::TooSlow);
+                        return false;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            }
+            true
+        });
+        state.published = state.published.max(applied);
+    }
+
+    /// After a snapshot install: the history restarts after `applied`, so
+    /// every live watcher has a gap and is ended as compacted.
+    pub(crate) fn reset(&self, applied: u64, oldest: u64) {
+        let mut state = self.lock();
+        for sub in state.subscribers.drain(..) {
+            let _ = sub.end.set(WatchError::Compacted {
+                requested: applied,
+                oldest,
+            });
+        }
+        state.published = applied;
+    }
+
+    /// Ends every watcher and refuses new ones: the node is stopping.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for sub in state.subscribers.drain(..) {
+            let _ = sub.end.set(WatchError::Closed);
+        }
+    }
+
+    /// A live subscription and the revision after which it starts.
+    fn subscribe(&self, prefix: &[u8]) -> Result<(Subscription, u64), WatchError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(WatchError::Closed);
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let end = EndSlot::default();
+        state.subscribers.push(Subscriber {
+            prefix: prefix.to_vec(),
+            tx,
+            end: end.clone(),
+        });
+        Ok((Subscription { rx, end }, state.published))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Live watchers right now.
+    pub fn watchers(&self) -> usize {
+        self.lock()
+            .subscribers
+            .iter()
+            .filter(|s| !s.tx.is_closed())
+            .count()
+    }
+}
+
+/// Adds `events` to the history in `batch` and trims it to the last
+/// `history` revisions up to `applied`; returns the new oldest revision.
+pub(crate) fn record(
+    db: &Db,
+    batch: &mut WriteBatch,
+    events: &[Arc<Event>],
+    applied: u64,
+    history: u64,
+    oldest: u64,
+) -> u64 {
+    let cf = db.cf(CF_EVENTS);
+    for event in events {
+        batch.put_cf(cf, event.revision.to_be_bytes(), encode(event.as_ref()));
+    }
+    // Deletes after the puts: a tiny window may trim events of this batch.
+    let new_oldest = oldest.max((applied + 1).saturating_sub(history));
+    if new_oldest > oldest {
+        if new_oldest - oldest > POINT_DELETE_LIMIT {
+            batch.delete_range_cf(cf, oldest.to_be_bytes(), new_oldest.to_be_bytes());
+        } else {
+            for revision in oldest..new_oldest {
+                batch.delete_cf(cf, revision.to_be_bytes());
+            }
+        }
+    }
+    batch.put_cf(db.cf(CF_META), KEY_EVENTS_OLDEST, encode(&new_oldest));
+    new_oldest
+}
+
+/// Empties the history, which now starts after `applied` (snapshot install).
+pub(crate) fn restart_after(db: &Db, batch: &mut WriteBatch, applied: u64) {
+    batch.delete_range_cf(db.cf(CF_EVENTS), 0u64.to_be_bytes(), u64::MAX.to_be_bytes());
+    batch.put_cf(db.cf(CF_META), KEY_EVENTS_OLDEST, encode(&(applied + 1)));
+}
+
+/// The oldest retained revision on disk: as recorded, else (a database from
+/// before the history existed, or a new one) the revision after `applied`.
+pub(crate) fn read_oldest(db: &Db, applied: u64) -> Result<u64, StoreError> {
+    match db.rocks().get_cf(db.cf(CF_META), KEY_EVENTS_OLDEST)? {
+        Some(raw) => decode("events oldest revision", &raw),
+        None => Ok(applied + 1),
+    }
+}
+
+/// A page of history: events with `from <= revision <= upto` matching the
+/// prefix, and the revision to continue from.
+struct Page {
+    events: Vec<Arc<Event>>,
+    next: u64,
+}
+
+fn read_page(db: &Db, from: u64, upto: u64, prefix: &[u8]) -> Result<Page, WatchError> {
+    let storage = |e: StoreError| WatchError::Storage(e.to_string());
+    let view = db.rocks().snapshot();
+    // The oldest mark and the events from one point in time, so a trim
+    // between the two reads cannot hide a gap.
+    let oldest: u64 = match view
+        .get_cf(db.cf(CF_META), KEY_EVENTS_OLDEST)
+        .map_err(|e| storage(e.into()))?
+    {
+        Some(raw) => decode("events oldest revision", &raw).map_err(storage)?,
+        None => 1,
+    };
+    if from < oldest {
+        return Err(WatchError::Compacted {
+            requested: from,
+            oldest,
+        });
+    }
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&view);
+    opts.set_iterate_upper_bound(upto.saturating_add(1).to_be_bytes());
+    let start = from.to_be_bytes();
+    let iter = db.rocks().iterator_cf_opt(
+        db.cf(CF_EVENTS),
+        opts,
+        IteratorMode::From(&start, rocksdb::Direction::Forward),
+    );
+    let mut events = Vec::new();
+    let mut scanned = 0;
+    for item in iter {
+        let (raw_key, raw) = item.map_err(|e| storage(e.into()))?;
+        let revision = u64::from_be_bytes(raw_key.as_ref().try_into().map_err(|_| {
+            storage(StoreError::Corrupt {
+                what: "event key",
+                detail: format!("{} bytes", raw_key.len()),
+            })
+        })?);
+        let event: Event = decode("event", &raw).map_err(storage)?;
+        if event.key.starts_with(prefix) {
+            events.push(Arc::new(event));
+        }
+        scanned += 1;
+        if events.len() == REPLAY_PAGE || scanned == REPLAY_SCAN {
+            return Ok(Page {
+                events,
+                next: revision + 1,
+            });
+        }
+    }
+    Ok(Page {
+        events,
+        next: upto.saturating_add(1),
+    })
+}
+
+/// The first revision a watch may start from on this node right now.
+pub(crate) fn check_start(db: &Db, start: u64) -> Result<(), WatchError> {
+    read_page(db, start, 0, b"").map(|_| ())
+}
+
+/// One watch: replays the history from its start revision, then follows
+/// live events, with no gap and no duplicate between the two.
+pub struct Watcher {
+    db: Db,
+    hub: Arc<EventHub>,
+    prefix: Vec<u8>,
+    /// The next revision this watcher may deliver.
+    next: u64,
+    /// Replay reads the history up to here.
+    bound: u64,
+    pending: VecDeque<Arc<Event>>,
+    live: Option<Subscription>,
+    /// Replay is over; only the subscription is read.
+    following: bool,
+}
+
+impl Watcher {
+    /// Starts at `start` (every event with revision >= start), or with
+    /// `None` at the next event applied. Refuses a compacted start.
+    pub(crate) async fn start(
+        db: Db,
+        hub: Arc<EventHub>,
+        prefix: Vec<u8>,
+        start: Option<u64>,
+    ) -> Result<Watcher, WatchError> {
+        let mut watcher = Watcher {
+            bound: hub.published(),
+            db,
+            hub,
+            prefix,
+            next: 0,
+            pending: VecDeque::new(),
+            live: None,
+            following: false,
+        };
+        match start {
+            None => {
+                let (live, after) = watcher.hub.subscribe(&watcher.prefix)?;
+                watcher.live = Some(live);
+                watcher.next = after + 1;
+                watcher.following = true;
+            }
+            Some(start) => {
+                let db = watcher.db.clone();
+                blocking(move || check_start(&db, start)).await?;
+                watcher.next = start;
+            }
+        }
+        Ok(watcher)
+    }
+
+    /// The first revision this watch can still deliver: its start, or for
+    /// a watch "from now", the revision after the last one applied when it
+    /// began. A client that reconnects asks for this one on.
+    pub fn next_revision(&self) -> u64 {
+        self.next
+    }
+
+    /// The next event, in revision order.
+    pub async fn next(&mut self) -> Result<Arc<Event>, WatchError> {
+        loop {
+            if let Some(end) = self.live.as_ref().and_then(|l| l.end.get()) {
+                return Err(match end {
+                    // Name this watcher's own position, not the hub's.
+                    WatchError::Compacted { oldest, .. } => WatchError::Compacted {
+                        requested: self.next,
+                        oldest: *oldest,
+                    },
+                    other => other.clone(),
+                });
+            }
+            if let Some(event) = self.pending.pop_front() {
+                self.next = self.next.max(event.revision + 1);
+                return Ok(event);
+            }
+            if self.following {
+                let live = self
+                    .live
+                    .as_mut()
+                    .expect("following implies a subscription");
+                match live.rx.recv().await {
+                    // Replay already delivered it.
+                    Some(event) if event.revision < self.next => continue,
+                    Some(event) => {
+                        self.next = event.revision + 1;
+                        return Ok(event);
+                    }
+                    // Ended by the hub: the check above says why.
+                    None if live.end.get().is_some() => continue,
+                    None => return Err(WatchError::Closed),
+                }
+            }
+            if self.next > self.bound {
+                if self.live.is_none() {
+                    // Caught up with the history: subscribe, then replay
+                    // the few events applied meanwhile; later ones queue.
+                    let (live, after) = self.hub.subscribe(&self.prefix)?;
+                    self.live = Some(live);
+                    self.bound = after;
+                } else {
+                    self.following = true;
+                }
+                continue;
+            }
+            if self.hub.is_closed() {
+                return Err(WatchError::Closed);
+            }
+            let (db, prefix, from, upto) =
+                (self.db.clone(), self.prefix.clone(), self.next, self.bound);
+            let page = blocking(move || read_page(&db, from, upto, &prefix)).await?;
+            self.pending.extend(page.events);
+            self.next = page.next.max(self.next);
+            if self.live.is_none() && self.next > self.bound {
+                // Applies went on during the replay: read up to the new end.
+                self.bound = self.hub.published().max(self.bound);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(rev: u64, key: &str) -> Arc<Event> {
+        Arc::new(Event::put(rev, key.as_bytes(), rev, "text/plain", b"v"))
+    }
+
+    fn write(db: &Db, events: &[Arc<Event>], applied: u64, history: u64, oldest: u64) -> u64 {
+        let mut batch = WriteBatch::default();
+        let oldest = record(db, &mut batch, events, applied, history, oldest);
+        db.rocks().write(batch).unwrap();
+        oldest
+    }
+
+    #[test]
+    fn history_is_trimmed_to_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut oldest = 1;
+        for rev in 1..=10 {
+            oldest = write(&db, &[put(rev, "k")], rev, 4, oldest);
+        }
+        assert_eq!(oldest, 7);
+        assert_eq!(
+            check_start(&db, 6),
+            Err(WatchError::Compacted {
+                requested: 6,
+                oldest: 7
+            })
+        );
+        let page = read_page(&db, 7, 10, b"").unwrap();
+        let revs: Vec<_> = page.events.iter().map(|e| e.revision).collect();
+        assert_eq!(revs, vec![7, 8, 9, 10]);
+        let count = db
+            .rocks()
+            .iterator_cf(db.cf(CF_EVENTS), IteratorMode::Start)
+            .count();
+        assert_eq!(count, 4, "trimmed events are deleted");
+    }
+
+    #[test]
+    fn big_values_travel_by_size_only() {
+        let big = vec![b'x'; MAX_EVENT_VALUE + 1];
+        let event = Event::put(1, b"k", 1, "", &big);
+        assert_eq!(event.size, big.len() as u64);
+        assert!(event.value.is_none());
+        assert!(Event::put(1, b"k", 1, "", &big[1..]).value.is_some());
+    }
+
+    #[tokio::test]
+    async fn replay_then_live_has_no_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let hub = Arc::new(EventHub::new(0));
+        let mut oldest = 1;
+        // Revision 3 is a hole (say, a membership entry).
+        for rev in [1, 2, 4, 5] {
+            let events = [put(rev, if rev == 2 { "other" } else { "a/k" })];
+            oldest = write(&db, &events, rev, 100, oldest);
+            hub.publish(&events, rev);
+        }
+        let mut watcher = Watcher::start(db.clone(), hub.clone(), b"a/".to_vec(), Some(1))
+            .await
+            .unwrap();
+        assert_eq!(watcher.next().await.unwrap().revision, 1);
+        // Applied while the watcher replays: on disk, not yet published...
+        let events = [put(6, "a/k")];
+        write(&db, &events, 6, 100, oldest);
+        assert_eq!(watcher.next().await.unwrap().revision, 4);
+        assert_eq!(watcher.next().await.unwrap().revision, 5);
+        // ...then published: delivered once.
+        hub.publish(&events, 6);
+        assert_eq!(watcher.next().await.unwrap().revision, 6);
+        let events = [put(7, "a/k")];
+        write(&db, &events, 7, 100, oldest);
+        hub.publish(&events, 7);
+        assert_eq!(watcher.next().await.unwrap().revision, 7);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_ends_the_watcher_not_the_publisher() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let hub = Arc::new(EventHub::new(0));
+        let mut slow = Watcher::start(db.clone(), hub.clone(), Vec::new(), None)
+            .await
+            .unwrap();
+        for rev in 1..=(WATCHER_QUEUE as u64 + 1) {
+            hub.publish(&[put(rev, "k")], rev);
+        }
+        assert_eq!(hub.watchers(), 0);
+        assert_eq!(slow.next().await, Err(WatchError::TooSlow));
+    }
+
+    #[tokio::test]
+    async fn snapshot_install_ends_live_watchers_as_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let hub = Arc::new(EventHub::new(0));
+        let mut watcher = Watcher::start(db.clone(), hub.clone(), Vec::new(), None)
+            .await
+            .unwrap();
+        hub.reset(50, 51);
+        assert_eq!(
+            watcher.next().await,
+            Err(WatchError::Compacted {
+                requested: 1,
+                oldest: 51
+            })
+        );
+        hub.close();
+        assert_eq!(
+            Watcher::start(db, hub, Vec::new(), None).await.err(),
+            Some(WatchError::Closed)
+        );
+    }
+}

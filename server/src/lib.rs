@@ -133,6 +133,20 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     };
     let id = node_id_of(&info.name);
 
+    if let Some(backup) = config.restore.clone() {
+        let (dir, me) = (config.data_directory.clone(), info.clone());
+        let restored =
+            tokio::task::spawn_blocking(move || store::restore::restore(&dir, &backup, id, me))
+                .await
+                .context("the restore task failed")??;
+        log::info!(
+            "restored {} keys at revision {} into {}; starting a new one-node cluster",
+            restored.keys,
+            restored.revision,
+            config.data_directory.display()
+        );
+    }
+
     let (mut log_store, state_machine) =
         store::open(&config.data_directory).await.with_context(|| {
             format!(

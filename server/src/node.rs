@@ -16,7 +16,7 @@ use crate::raft::network::ChannelPool;
 use crate::raft::peer::PeerClient;
 use crate::raft::typ::{CheckIsLeaderError, Raft, RaftMetrics};
 use crate::raft::{node_id_of, Command, CommandResult, NodeId, NodeInfo};
-use crate::store::state_machine::{KeyEntry, KvReader};
+use crate::store::state_machine::{BackupFile, KeyEntry, KvReader};
 use crate::store::value::StoredValue;
 
 /// How long a write may wait for its commit before its outcome is reported unknown.
@@ -237,6 +237,17 @@ impl Cete {
             .list(prefix, start_after, limit)
             .await
             .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// A point-in-time backup of the whole store in an unnamed temporary
+    /// file; linearizable by default: it holds every write acknowledged
+    /// before the call.
+    pub async fn backup(&self, consistency: Consistency) -> Result<BackupFile> {
+        self.read_barrier(consistency).await?;
+        self.reader
+            .write_backup()
+            .await
+            .map_err(|e| Error::Storage(format!("cannot write the backup: {e}")))
     }
 
     pub fn node_status(&self) -> NodeStatus {

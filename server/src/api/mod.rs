@@ -1,5 +1,6 @@
 //! The `/v1` REST API on warp: one file per resource, errors mapped in `error`.
 
+mod backup;
 mod cluster;
 mod data;
 pub mod error;
@@ -20,6 +21,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     data::routes(node.clone())
         .or(cluster::routes(node.clone()))
+        .or(backup::routes(node.clone()))
         .or(health::routes(node))
         .recover(error::recover)
         .with(warp::log::custom(|info| {

@@ -264,14 +264,20 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
 /// the leader's removal notice never reached it.
 async fn stop_when_removed(node: Arc<Cete>) {
     let mut metrics = node.raft.metrics();
+    let mut was_member = false;
     loop {
         let removed = {
             let m = metrics.borrow_and_update();
-            m.membership_config.log_id().is_some()
-                && m.membership_config
-                    .membership()
-                    .get_node(&node.id)
-                    .is_none()
+            let member = m
+                .membership_config
+                .membership()
+                .get_node(&node.id)
+                .is_some();
+            // A joining node can first see a configuration from before it was
+            // added (the one in a snapshot from the leader, when the log
+            // behind it is purged): only leaving one it was in counts.
+            was_member |= member;
+            was_member && !member && m.membership_config.log_id().is_some()
         };
         if removed {
             node.mark_removed();

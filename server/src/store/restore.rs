@@ -39,10 +39,10 @@ pub enum RestoreError {
          delete the directory and restore again"
     )]
     Interrupted(PathBuf),
-    #[error("backup {path} refused: {source}")]
+    #[error("backup {path} refused: {reason}")]
     Backup {
         path: PathBuf,
-        source: SnapshotError,
+        reason: SnapshotError,
     },
     #[error("backup {0} refused: it holds no revision (taken from an uninitialized node)")]
     NoRevision(PathBuf),
@@ -93,9 +93,9 @@ pub fn restore(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(failed(e.to_string())),
     }
-    let refused = |source: SnapshotError| RestoreError::Backup {
+    let refused = |reason: SnapshotError| RestoreError::Backup {
         path: backup.to_path_buf(),
-        source,
+        reason,
     };
     let (meta, _) = snapshot::verify(backup).map_err(refused)?;
     let last = meta

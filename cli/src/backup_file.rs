@@ -66,7 +66,9 @@ fn length(r: &mut impl Read) -> Result<usize, Invalid> {
     exact(r, &mut buf)?;
     let len = u32::from_be_bytes(buf);
     if len > MAX_FIELD {
-        return Err(Invalid::Corrupt(format!("field length {len} is implausible")));
+        return Err(Invalid::Corrupt(format!(
+            "field length {len} is implausible"
+        )));
     }
     Ok(len as usize)
 }
@@ -91,12 +93,14 @@ pub fn verify(path: &Path) -> Result<Summary, Invalid> {
     let mut magic = [0u8; 8];
     exact(&mut r, &mut magic)?;
     if &magic != MAGIC {
-        return Err(Invalid::Corrupt("not a Cete backup (bad magic bytes)".into()));
+        return Err(Invalid::Corrupt(
+            "not a Cete backup (bad magic bytes)".into(),
+        ));
     }
     let mut meta = vec![0u8; length(&mut r)?];
     exact(&mut r, &mut meta)?;
-    let meta: serde_json::Value = serde_json::from_slice(&meta)
-        .map_err(|e| Invalid::Corrupt(format!("bad meta: {e}")))?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&meta).map_err(|e| Invalid::Corrupt(format!("bad meta: {e}")))?;
     let revision = meta
         .pointer("/last_log_id/index")
         .and_then(serde_json::Value::as_u64)

@@ -313,7 +313,10 @@ mod tests {
     #[test]
     fn snapshot_keeps_its_bare_form_and_gains_save_and_restore() {
         let cli = Cli::try_parse_from(["cete", "snapshot"]).unwrap();
-        assert!(matches!(cli.command, Command::Snapshot(SnapshotArgs { action: None })));
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot(SnapshotArgs { action: None })
+        ));
         let cli = Cli::try_parse_from(["cete", "snapshot", "save", "b.snap"]).unwrap();
         match cli.command {
             Command::Snapshot(SnapshotArgs {

@@ -464,8 +464,8 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
     let data_directory = setting(raw, "data_directory", parse_non_empty)?
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(".").join("cete-data").join(&id));
-    let restore = setting(raw, "restore", |v| Ok(PathBuf::from(v)))?
-        .filter(|p| !p.as_os_str().is_empty());
+    let restore =
+        setting(raw, "restore", |v| Ok(PathBuf::from(v)))?.filter(|p| !p.as_os_str().is_empty());
     let peer_grpc_address = setting(raw, "peer_grpc_address", parse_optional_address)?.flatten();
     if restore.is_some() && peer_grpc_address.is_some() {
         return Err(ConfigError::Incompatible(format!(
@@ -902,15 +902,24 @@ mod tests {
             .file("etc/cete.yaml", "restore: file.snap\n");
         let c = w.load(&["--restore=flag.snap"]).unwrap();
         assert_eq!(c.restore, Some(PathBuf::from("flag.snap")));
-        assert_eq!(w.load(&[]).unwrap().restore, Some(PathBuf::from("env.snap")));
+        assert_eq!(
+            w.load(&[]).unwrap().restore,
+            Some(PathBuf::from("env.snap"))
+        );
         assert_eq!(World::new().load(&[]).unwrap().restore, None);
         let w = World::new().file("etc/cete.yaml", "restore: file.snap\n");
-        assert_eq!(w.load(&[]).unwrap().restore, Some(PathBuf::from("file.snap")));
+        assert_eq!(
+            w.load(&[]).unwrap().restore,
+            Some(PathBuf::from("file.snap"))
+        );
         // An explicit empty flag cancels the file's value.
         assert_eq!(w.load(&["--restore="]).unwrap().restore, None);
         match w.load(&["--peer-grpc-address=:9000"]) {
             Err(ConfigError::Incompatible(m)) => {
-                assert!(m.contains("--restore") && m.contains("--peer-grpc-address"), "{m}")
+                assert!(
+                    m.contains("--restore") && m.contains("--peer-grpc-address"),
+                    "{m}"
+                )
             }
             other => panic!("{other:?}"),
         }

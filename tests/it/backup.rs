@@ -20,7 +20,12 @@ type Op = (String, Option<String>, u64);
 
 /// Writes (and now and then deletes) keys `k00..k24` one request at a time
 /// until `stop`, recording every acknowledged operation.
-async fn writer(base: String, stop: Arc<AtomicBool>, ops: Arc<Mutex<Vec<Op>>>, n: Arc<AtomicUsize>) {
+async fn writer(
+    base: String,
+    stop: Arc<AtomicBool>,
+    ops: Arc<Mutex<Vec<Op>>>,
+    n: Arc<AtomicUsize>,
+) {
     let client = Cluster::client();
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) {
@@ -30,7 +35,10 @@ async fn writer(base: String, stop: Arc<AtomicBool>, ops: Arc<Mutex<Vec<Op>>>, n
             (client.delete(&url).send().await, None)
         } else {
             let value = format!("v{i}");
-            (client.put(&url).body(value.clone()).send().await, Some(value))
+            (
+                client.put(&url).body(value.clone()).send().await,
+                Some(value),
+            )
         };
         let resp = resp.unwrap_or_else(|e| panic!("write {i} to {key}: {e}"));
         let status = resp.status();
@@ -80,7 +88,14 @@ async fn node_state(node: &NodeProc, consistency: &str) -> BTreeMap<String, (Str
         let key = entry["key"].as_str().expect("key").to_string();
         let revision = entry["revision"].as_u64().expect("revision");
         let url = node.url(&format!("/v1/data/{key}?consistency={consistency}"));
-        let value = client.get(&url).send().await.expect("get").text().await.expect("body");
+        let value = client
+            .get(&url)
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("body");
         state.insert(key, (value, revision));
     }
     state
@@ -122,7 +137,11 @@ fn one_error_line(out: &Output, what: &str) -> String {
     assert!(!out.status.success(), "{what} succeeded: {out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one error line, got {stderr:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected one error line, got {stderr:?}"
+    );
     lines[0].to_string()
 }
 
@@ -167,7 +186,12 @@ async fn backup_under_write_load_restores_exactly_its_revision() {
                 async move { done.then_some(()) }
             }
         };
-        wait_until(Duration::from_secs(60), "150 writes before the backup", at_least(150)).await;
+        wait_until(
+            Duration::from_secs(60),
+            "150 writes before the backup",
+            at_least(150),
+        )
+        .await;
 
         let file = root.join("backup.snap");
         let node = cluster.nodes.first().unwrap();
@@ -194,17 +218,34 @@ async fn backup_under_write_load_restores_exactly_its_revision() {
         assert!(!file.with_extension("snap.part").exists());
 
         let after = count.load(Ordering::SeqCst) + 100;
-        wait_until(Duration::from_secs(60), "100 writes after the backup", at_least(after)).await;
+        wait_until(
+            Duration::from_secs(60),
+            "100 writes after the backup",
+            at_least(after),
+        )
+        .await;
         stop.store(true, Ordering::SeqCst);
         task.await.expect("writer");
         let ops = ops.lock().unwrap().clone();
-        assert!(ops.iter().any(|op| op.2 > revision), "no write after the backup");
+        assert!(
+            ops.iter().any(|op| op.2 > revision),
+            "no write after the backup"
+        );
         let expected = state_at(&ops, revision);
         assert!(!expected.is_empty());
-        assert_eq!(saved["keys"].as_u64(), Some(expected.len() as u64), "{saved}");
+        assert_eq!(
+            saved["keys"].as_u64(),
+            Some(expected.len() as u64),
+            "{saved}"
+        );
 
         // Restore on a new node with an empty data directory.
-        let mut restored = NodeProc::new("restored", &root, None, &["--restore", file.to_str().unwrap()]);
+        let mut restored = NodeProc::new(
+            "restored",
+            &root,
+            None,
+            &["--restore", file.to_str().unwrap()],
+        );
         restored.start();
         restored.wait_ready(Duration::from_secs(60)).await;
         assert_eq!(node_state(&restored, "linearizable").await, expected);
@@ -219,7 +260,10 @@ async fn backup_under_write_load_restores_exactly_its_revision() {
         assert_eq!(resp.status(), 201);
         let body: Value = resp.json().await.unwrap();
         let new_revision = body["revision"].as_u64().unwrap();
-        assert!(new_revision > revision, "revision {new_revision} <= backup {revision}");
+        assert!(
+            new_revision > revision,
+            "revision {new_revision} <= backup {revision}"
+        );
 
         // A second node joins the restored one and gets everything.
         let mut joiner = NodeProc::new("joiner", &root, Some(restored.grpc_addr()), &[]);
@@ -238,10 +282,14 @@ async fn backup_under_write_load_restores_exactly_its_revision() {
         let mut with_new = expected.clone();
         with_new.insert("after-restore".into(), ("new".into(), new_revision));
         let url = joiner.url("/v1/data/after-restore?consistency=stale");
-        wait_until(Duration::from_secs(30), "the joiner has the new write", || {
-            let (client, url) = (client.clone(), url.clone());
-            async move { (client.get(&url).send().await.ok()?.status() == 200).then_some(()) }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the joiner has the new write",
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move { (client.get(&url).send().await.ok()?.status() == 200).then_some(()) }
+            },
+        )
         .await;
         assert_eq!(node_state(&joiner, "stale").await, with_new);
         assert_eq!(node_state(&joiner, "linearizable").await, with_new);
@@ -272,7 +320,11 @@ async fn bad_backups_and_bad_targets_are_refused() {
         flipped[bytes.len() / 2] ^= 0x40;
         let cases: [(&str, Vec<u8>, &[&str]); 3] = [
             ("flipped", flipped, &["corrupt", "checksum"]),
-            ("truncated", bytes[..bytes.len() - 9].to_vec(), &["truncated"]),
+            (
+                "truncated",
+                bytes[..bytes.len() - 9].to_vec(),
+                &["truncated"],
+            ),
             ("garbage", b"not a backup at all".to_vec(), &["bad magic"]),
         ];
         for (name, data, words) in cases {
@@ -297,7 +349,11 @@ async fn bad_backups_and_bad_targets_are_refused() {
             let line = one_error_line(&out, name);
             assert!(line.contains("refused"), "{name}: {line}");
             assert!(words.iter().any(|w| line.contains(w)), "{name}: {line}");
-            assert!(is_empty_or_missing(&dir), "{name} left state in {}", dir.display());
+            assert!(
+                is_empty_or_missing(&dir),
+                "{name} left state in {}",
+                dir.display()
+            );
         }
 
         // The CLI's restore runs the server's, with the same outcome.
@@ -308,7 +364,12 @@ async fn bad_backups_and_bad_targets_are_refused() {
                 let mut cmd = Command::new(cli_bin());
                 cmd.args(["snapshot", "restore", file.to_str().unwrap()])
                     .args(["--data-directory", dir.to_str().unwrap()])
-                    .args(["--raft-address", "127.0.0.1:0", "--grpc-address", "127.0.0.1:0"])
+                    .args([
+                        "--raft-address",
+                        "127.0.0.1:0",
+                        "--grpc-address",
+                        "127.0.0.1:0",
+                    ])
                     .args(["--http-address", "127.0.0.1:0", "--log-level", "off"])
                     .current_dir(&root)
                     .stdin(Stdio::null())
@@ -346,8 +407,16 @@ async fn bad_backups_and_bad_targets_are_refused() {
         assert!(line.contains("not empty"), "{line}");
         cluster.nodes[0].start();
         cluster.nodes[0].wait_ready(Duration::from_secs(30)).await;
-        let resp = client.get(cluster.nodes[0].url("/v1/data/key7")).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "the used directory still serves its data");
+        let resp = client
+            .get(cluster.nodes[0].url("/v1/data/key7"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "the used directory still serves its data"
+        );
 
         // Restore makes a new cluster: no peer to join.
         let out = run_server_to_exit(
@@ -355,7 +424,10 @@ async fn bad_backups_and_bad_targets_are_refused() {
             &root,
         );
         let line = one_error_line(&out, "restore with a peer");
-        assert!(line.contains("--restore") && line.contains("--peer-grpc-address"), "{line}");
+        assert!(
+            line.contains("--restore") && line.contains("--peer-grpc-address"),
+            "{line}"
+        );
 
         // A data directory left by a restore that never finished does not start.
         let half = root.join("half");
@@ -424,10 +496,15 @@ async fn save_refuses_damaged_transfers() {
             let url = cluster.nodes[0].url(&format!("/v1/data/k{i}"));
             client.put(&url).body("v").send().await.unwrap();
         }
-        let resp = client.get(cluster.nodes[0].url("/v1/snapshot")).send().await.unwrap();
+        let resp = client
+            .get(cluster.nodes[0].url("/v1/snapshot"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let h = |name: &str| resp.headers()[name].to_str().unwrap().to_string();
-        let (revision, keys, checksum) = (h("x-cete-revision"), h("x-cete-keys"), h("x-cete-checksum"));
+        let (revision, keys, checksum) =
+            (h("x-cete-revision"), h("x-cete-keys"), h("x-cete-checksum"));
         assert_eq!(h("content-type"), "application/octet-stream");
         let body = resp.bytes().await.unwrap().to_vec();
         assert_eq!(checksum, format!("crc32:{:08x}", crc32fast::hash(&body)));
@@ -445,11 +522,22 @@ async fn save_refuses_damaged_transfers() {
             ]
         };
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("flipped", answer(&with(body.len(), checksum.clone()), &flipped), "corrupt"),
-            ("cut off", answer(&with(body.len(), checksum.clone()), short), "broke off"),
+            (
+                "flipped",
+                answer(&with(body.len(), checksum.clone()), &flipped),
+                "corrupt",
+            ),
+            (
+                "cut off",
+                answer(&with(body.len(), checksum.clone()), short),
+                "broke off",
+            ),
             (
                 "consistent but truncated",
-                answer(&with(short.len(), format!("crc32:{:08x}", crc32fast::hash(short))), short),
+                answer(
+                    &with(short.len(), format!("crc32:{:08x}", crc32fast::hash(short))),
+                    short,
+                ),
                 "truncated",
             ),
         ];
@@ -474,7 +562,10 @@ async fn save_refuses_damaged_transfers() {
             let line = one_error_line(&out, name);
             assert!(line.contains(word), "{name}: {line}");
             assert!(!file.exists(), "{name}: the damaged backup was kept");
-            assert!(!file.with_extension("snap.part").exists(), "{name}: .part left");
+            assert!(
+                !file.with_extension("snap.part").exists(),
+                "{name}: .part left"
+            );
         }
         server.await.unwrap();
     })

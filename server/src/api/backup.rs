@@ -60,7 +60,10 @@ async fn backup(node: Arc<Cete>, query: BackupQuery) -> Response {
     headers.insert("x-cete-keys", backup.keys.into());
     let checksum = format!("crc32:{:08x}", backup.crc32);
     let name = format!("attachment; filename=\"cete-{}.snap\"", backup.revision);
-    for (header, value) in [("x-cete-checksum", checksum), (CONTENT_DISPOSITION.as_str(), name)] {
+    for (header, value) in [
+        ("x-cete-checksum", checksum),
+        (CONTENT_DISPOSITION.as_str(), name),
+    ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(header, value);
         }

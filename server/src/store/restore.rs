@@ -107,7 +107,10 @@ pub fn restore(
         std::fs::create_dir_all(data_directory)?;
         std::fs::File::create(&marker)?.sync_all()?;
         sync_dir(data_directory)?;
-        if let Some(parent) = data_directory.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = data_directory
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             sync_dir(parent)?;
         }
         Ok(())
@@ -176,12 +179,11 @@ fn fill(
     );
     // The backup is read again here: a file changed since it was verified
     // fails its checksum now, and the marker keeps the result from starting.
-    let keys = state_machine::restore_from_backup(&db, backup, last, membership).map_err(
-        |e| match e {
+    let keys =
+        state_machine::restore_from_backup(&db, backup, last, membership).map_err(|e| match e {
             SnapshotError::Io(io) => FillError::Store(io.to_string()),
             other => FillError::Backup(other),
-        },
-    )?;
+        })?;
     log::write_restored_state(&db, last, Vote::new(last.leader_id.term, id))?;
     // Dropping the last handle closes RocksDB before the node opens it again.
     drop(db);

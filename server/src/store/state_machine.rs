@@ -309,7 +309,11 @@ pub(crate) fn restore_from_backup(
         }
         Ok(())
     })?;
-    batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&Some(last_applied)));
+    batch.put_cf(
+        db.cf(CF_META),
+        KEY_LAST_APPLIED,
+        encode(&Some(last_applied)),
+    );
     batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
     let mut sync = rocksdb::WriteOptions::default();
     sync.set_sync(true);
@@ -658,7 +662,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         let (meta, file) = blocking(move || build_snapshot_file(&db))
             .await
-        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         let handle = tokio::fs::File::open(self.db.snapshot_dir().join(&file))
             .await
             .map_err(|e| {

@@ -293,6 +293,15 @@ async fn backup_under_write_load_restores_exactly_its_revision() {
         .await;
         assert_eq!(node_state(&joiner, "stale").await, with_new);
         assert_eq!(node_state(&joiner, "linearizable").await, with_new);
+
+        // A follower serves backups too, linearizable by default: it holds the
+        // write just made on the leader.
+        let from_follower = save(&joiner, &root.join("follower.snap"));
+        assert!(
+            from_follower["revision"].as_u64().unwrap() >= new_revision,
+            "{from_follower}"
+        );
+        assert_eq!(from_follower["keys"].as_u64(), Some(with_new.len() as u64));
         drop(cluster);
     })
     .await;

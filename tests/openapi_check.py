@@ -21,7 +21,7 @@ EXPECTED = {
     "/v1/node": {"get"},
     "/v1/cluster": {"get"},
     "/v1/cluster/{id}": {"put", "delete"},
-    "/v1/snapshot": {"post"},
+    "/v1/snapshot": {"get", "post"},
     "/v1/liveness_check": {"get"},
     "/v1/readiness_check": {"get"},
     "/metrics": {"get"},

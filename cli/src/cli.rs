@@ -63,8 +63,10 @@ pub enum Command {
     Join(JoinArgs),
     /// Remove a node from the cluster (DELETE /v1/cluster/ID).
     Leave(LeaveArgs),
-    /// Build a Raft snapshot on the node now and purge the log behind it.
-    Snapshot,
+    /// Without a subcommand: build a Raft snapshot on the node now and purge
+    /// the log behind it (POST /v1/snapshot). `save` and `restore` back up
+    /// and restore the whole store.
+    Snapshot(SnapshotArgs),
     /// Check liveness and readiness; exits 1 if the node is not ready.
     Healthcheck,
     /// Print the node's Prometheus metrics (GET /metrics).
@@ -81,6 +83,43 @@ pub struct StartArgs {
     /// Arguments passed verbatim to cete-server (`cete start --help` shows its flags).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "SERVER_ARGS")]
     pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub action: Option<SnapshotAction>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotAction {
+    /// Save a point-in-time backup of the whole store to FILE (GET /v1/snapshot),
+    /// with a progress bar; the checksum and format are verified before FILE
+    /// is written. --timeout bounds the wait for the backup to start and any
+    /// stall in the transfer.
+    Save(SaveArgs),
+    /// Start a new one-node cluster from a backup: runs
+    /// `cete-server --restore FILE SERVER_ARGS...` (the data directory must be empty).
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Where to write the backup (replaced only once the new one is verified).
+    pub file: PathBuf,
+    /// Linearizable (default): the backup holds every write acknowledged
+    /// before it; stale: the node's local state, without asking the leader.
+    #[arg(long, value_enum)]
+    pub consistency: Option<Consistency>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file, as written by `cete snapshot save`.
+    pub file: PathBuf,
+    /// Arguments passed to cete-server, e.g. `--id=node1 --data-directory=DIR`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "SERVER_ARGS")]
+    pub server_args: Vec<String>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -283,6 +322,41 @@ mod tests {
     fn grpc_flag_is_seen() {
         let cli = Cli::try_parse_from(["cete", "get", "--grpc-addr=:9000", "k"]).unwrap();
         assert_eq!(cli.grpc_address.as_deref(), Some(":9000"));
+    }
+
+    #[test]
+    fn snapshot_keeps_its_bare_form_and_gains_save_and_restore() {
+        let cli = Cli::try_parse_from(["cete", "snapshot"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot(SnapshotArgs { action: None })
+        ));
+        let cli = Cli::try_parse_from(["cete", "snapshot", "save", "b.snap"]).unwrap();
+        match cli.command {
+            Command::Snapshot(SnapshotArgs {
+                action: Some(SnapshotAction::Save(a)),
+            }) => assert_eq!(a.file, PathBuf::from("b.snap")),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "cete",
+            "snapshot",
+            "restore",
+            "b.snap",
+            "--id=n1",
+            "--data-directory",
+            "d",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Snapshot(SnapshotArgs {
+                action: Some(SnapshotAction::Restore(a)),
+            }) => {
+                assert_eq!(a.file, PathBuf::from("b.snap"));
+                assert_eq!(a.server_args, ["--id=n1", "--data-directory", "d"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

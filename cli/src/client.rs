@@ -351,7 +351,50 @@ impl Client {
         }
     }
 
-    /// How long one call may take (the --timeout flag).
+    /// Sends a GET whose answer may be large and returns the successful
+    /// response with its body unread, retrying NoLeader answers like
+    /// [`Client::execute`] (no redirects: the caller asks for something any
+    /// node serves). The timeout bounds the wait for the response head; the
+    /// caller bounds the body.
+    pub async fn get_streaming(&self, call: &Call) -> Result<reqwest::Response> {
+        let deadline = Instant::now() + self.timeout;
+        let url = urls::join(&self.base, &call.path, call.query.as_deref());
+        let mut retries = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(self.timeout_error(&url).into());
+            }
+            let request = self.http.get(url.clone()).headers(call.headers.clone());
+            let resp = match tokio::time::timeout(remaining, request.send()).await {
+                Err(_) => return Err(self.timeout_error(&url).into()),
+                Ok(Err(e)) => return Err(self.transport_error(&url, e).into()),
+                Ok(Ok(resp)) => resp,
+            };
+            if resp.status().is_success() {
+                return Ok(resp);
+            }
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let body = resp.bytes().await.unwrap_or_default();
+            let err = ApiError::decode(status, &body);
+            if status == StatusCode::SERVICE_UNAVAILABLE
+                && err.code == "NoLeader"
+                && retries < MAX_RETRIES
+            {
+                let wait = retry_after(&headers)
+                    .unwrap_or(Duration::ZERO)
+                    .max(backoff(retries));
+                if Instant::now() + wait < deadline {
+                    retries += 1;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            return Err(err.into());
+        }
+    }
+
+    /// The limit for one call (`--timeout`).
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

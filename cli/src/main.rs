@@ -2,6 +2,7 @@
 //! the subcommand and turns its outcome into one line on stderr and an exit
 //! code (0 ok, 1 failure, 2 usage).
 
+mod backup_file;
 mod bench;
 mod cli;
 mod client;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, SnapshotAction, SnapshotArgs};
 use crate::client::{ApiError, Client, Options, TransportError};
 use crate::commands::UsageError;
 
@@ -36,6 +37,15 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("cete version: {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
+        }
+        Command::Snapshot(SnapshotArgs {
+            action: Some(SnapshotAction::Restore(args)),
+        }) => {
+            // The server restores (it owns the data directory format); this
+            // is `cete start --restore FILE ...`.
+            let mut server_args = vec!["--restore".into(), args.file.into_os_string()];
+            server_args.extend(args.server_args.into_iter().map(Into::into));
+            return commands::start(server_args);
         }
         _ => {}
     }

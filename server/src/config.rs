@@ -56,6 +56,8 @@ pub struct Config {
     pub watch_history: u64,
     /// The config file that was read, if any (worth logging at start-up).
     pub config_file: Option<PathBuf>,
+    /// Backup file to start a new one-node cluster from (empty data directory only).
+    pub restore: Option<PathBuf>,
 }
 
 /// Command-line flags of `cete-server` (and `cete start`).
@@ -130,6 +132,10 @@ pub struct ServerArgs {
     /// [env: CETE_WATCH_HISTORY]
     #[arg(long, value_name = "N")]
     pub watch_history: Option<String>,
+    /// Start a new one-node cluster from this backup (`cete snapshot save`); the data
+    /// directory must be empty; not with --peer-grpc-address [env: CETE_RESTORE]
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -144,6 +150,9 @@ pub enum ConfigError {
         path: PathBuf,
         given_by: &'static str,
     },
+    /// Two settings that cannot be used together.
+    #[error("{0}")]
+    Incompatible(String),
     /// The config file exists but could not be read.
     #[error("cannot read config file {path:?}: {source}")]
     ConfigFileRead {
@@ -208,7 +217,7 @@ impl fmt::Display for Source {
 
 /// Every setting, by its config file key. The flag is `--` plus the key in kebab case and the
 /// env var is `CETE_` plus the key in upper case (as in the original Cete).
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "id",
     "raft_address",
     "grpc_address",
@@ -225,6 +234,7 @@ const KEYS: [&str; 16] = [
     "snapshot_threshold",
     "max_value_size",
     "watch_history",
+    "restore",
 ];
 
 fn flag_name(key: &str) -> String {
@@ -323,6 +333,7 @@ fn flag_layer(args: &ServerArgs) -> Layer {
         ("snapshot_threshold", &args.snapshot_threshold),
         ("max_value_size", &args.max_value_size),
         ("watch_history", &args.watch_history),
+        ("restore", &args.restore),
     ];
     given
         .into_iter()
@@ -461,12 +472,25 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
     let data_directory = setting(raw, "data_directory", parse_non_empty)?
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(".").join("cete-data").join(&id));
+    let restore =
+        setting(raw, "restore", |v| Ok(PathBuf::from(v)))?.filter(|p| !p.as_os_str().is_empty());
+    let peer_grpc_address = setting(raw, "peer_grpc_address", parse_optional_address)?.flatten();
+    if restore.is_some() && peer_grpc_address.is_some() {
+        return Err(ConfigError::Incompatible(format!(
+            "{} ({}, restore) starts a new cluster and cannot be used with {} ({}, \
+             peer_grpc_address); start the restored node alone, then join others to it",
+            flag_name("restore"),
+            env_name("restore"),
+            flag_name("peer_grpc_address"),
+            env_name("peer_grpc_address"),
+        )));
+    }
     Ok(Config {
         raft_address: setting(raw, "raft_address", parse_address)?.unwrap_or(":7000".into()),
         grpc_address: setting(raw, "grpc_address", parse_address)?.unwrap_or(":9000".into()),
         http_address: setting(raw, "http_address", parse_address)?.unwrap_or(":8000".into()),
         advertise_host: setting(raw, "advertise_host", parse_host)?.flatten(),
-        peer_grpc_address: setting(raw, "peer_grpc_address", parse_optional_address)?.flatten(),
+        peer_grpc_address,
         log_level: setting(raw, "log_level", parse_log_level)?.unwrap_or("info".into()),
         log_file: setting(raw, "log_file", |v| Ok(PathBuf::from(v)))?
             .filter(|p| !p.as_os_str().is_empty()),
@@ -498,6 +522,7 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
         id,
         data_directory,
         config_file,
+        restore,
     })
 }
 
@@ -892,6 +917,36 @@ mod tests {
         assert_eq!(w.load(&["--log-file="]).unwrap().log_file, None);
         let c = w.load(&["--log-file=/dev/stdout"]).unwrap();
         assert_eq!(c.log_file.as_deref(), Some(Path::new("/dev/stdout")));
+    }
+
+    #[test]
+    fn restore_from_every_source_and_not_with_a_peer() {
+        let w = World::new()
+            .env("CETE_RESTORE", "env.snap")
+            .file("etc/cete.yaml", "restore: file.snap\n");
+        let c = w.load(&["--restore=flag.snap"]).unwrap();
+        assert_eq!(c.restore, Some(PathBuf::from("flag.snap")));
+        assert_eq!(
+            w.load(&[]).unwrap().restore,
+            Some(PathBuf::from("env.snap"))
+        );
+        assert_eq!(World::new().load(&[]).unwrap().restore, None);
+        let w = World::new().file("etc/cete.yaml", "restore: file.snap\n");
+        assert_eq!(
+            w.load(&[]).unwrap().restore,
+            Some(PathBuf::from("file.snap"))
+        );
+        // An explicit empty flag cancels the file's value.
+        assert_eq!(w.load(&["--restore="]).unwrap().restore, None);
+        match w.load(&["--peer-grpc-address=:9000"]) {
+            Err(ConfigError::Incompatible(m)) => {
+                assert!(
+                    m.contains("--restore") && m.contains("--peer-grpc-address"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

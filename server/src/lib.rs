@@ -138,6 +138,19 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     };
     let id = node_id_of(&info.name);
 
+    if let Some(backup) = config.restore.clone() {
+        let (dir, me) = (config.data_directory.clone(), info.clone());
+        let restored =
+            tokio::task::spawn_blocking(move || store::restore::restore(&dir, &backup, id, me))
+                .await
+                .context("the restore task failed")??;
+        log::info!(
+            "restored {} keys at revision {} into {}; starting a new one-node cluster",
+            restored.keys,
+            restored.revision,
+            config.data_directory.display()
+        );
+    }
     let removed_marker = config.data_directory.join(node::REMOVED_MARKER);
     if removed_marker.exists() {
         anyhow::bail!(
@@ -281,12 +294,14 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
 /// asks to: a standalone node that another cluster adds drops its state and
 /// comes back empty, waiting to be added.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(stop);
     loop {
         let handle = start_node(config.clone()).await?;
+        // A backup is restored once, on the first start only.
+        config.restore = None;
         let node = handle.node.clone();
         let restart = tokio::select! {
             _ = &mut stop => {
@@ -410,14 +425,20 @@ pub fn raise_open_file_limit() {
 /// the leader's removal notice never reached it.
 async fn stop_when_removed(node: Arc<Cete>) {
     let mut metrics = node.raft.metrics();
+    let mut was_member = false;
     loop {
         let removed = {
             let m = metrics.borrow_and_update();
-            m.membership_config.log_id().is_some()
-                && m.membership_config
-                    .membership()
-                    .get_node(&node.id)
-                    .is_none()
+            let member = m
+                .membership_config
+                .membership()
+                .get_node(&node.id)
+                .is_some();
+            // A joining node can first see a configuration from before it was
+            // added (the one in a snapshot from the leader, when the log
+            // behind it is purged): only leaving one it was in counts.
+            was_member |= member;
+            was_member && !member && m.membership_config.log_id().is_some()
         };
         if removed {
             node.mark_removed();

@@ -17,7 +17,7 @@ use crate::raft::peer::PeerClient;
 use crate::raft::typ::{CheckIsLeaderError, Raft, RaftMetrics};
 use crate::raft::{node_id_of, Command, CommandResult, NodeId, NodeInfo};
 use crate::store::events::{WatchError, Watcher};
-use crate::store::state_machine::{KeyEntry, KvReader};
+use crate::store::state_machine::{BackupFile, KeyEntry, KvReader};
 use crate::store::value::StoredValue;
 
 /// How long a write may wait for its commit before its outcome is reported unknown.
@@ -292,6 +292,17 @@ impl Cete {
     /// the same events in the same order, each once it has applied them.
     pub async fn watch(&self, prefix: Vec<u8>, start: Option<u64>) -> Result<Watcher> {
         self.reader.watch(prefix, start).await.map_err(watch_error)
+    }
+
+    /// A point-in-time backup of the whole store in an unnamed temporary
+    /// file; linearizable by default: it holds every write acknowledged
+    /// before the call.
+    pub async fn backup(&self, consistency: Consistency) -> Result<BackupFile> {
+        self.read_barrier(consistency).await?;
+        self.reader
+            .write_backup()
+            .await
+            .map_err(|e| Error::Storage(format!("cannot write the backup: {e}")))
     }
 
     pub fn node_status(&self) -> NodeStatus {

@@ -452,7 +452,7 @@ async fn malformed_requests_get_clear_errors() {
                 "/v1/data/x",
                 "GET, HEAD, PUT, DELETE",
             ),
-            not_allowed("GET snapshot", "GET", "/v1/snapshot", "POST"),
+            not_allowed("DELETE snapshot", "DELETE", "/v1/snapshot", "GET, POST"),
             not_allowed("DELETE node", "DELETE", "/v1/node", "GET"),
             // Refused by the HTTP layer before any route runs.
             case("100 KB URI", request("GET", &long_uri, &[], b""), 414, None),

@@ -733,7 +733,7 @@ async fn documented_errors_and_status_endpoints() {
             (Method::DELETE, "/v1/node"),
             (Method::PUT, "/v1/node"),
             (Method::POST, "/v1/cluster"),
-            (Method::GET, "/v1/snapshot"),
+            (Method::DELETE, "/v1/snapshot"),
             (Method::POST, "/v1/liveness_check"),
             (Method::DELETE, "/openapi.yaml"),
         ] {

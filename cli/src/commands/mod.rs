@@ -1,5 +1,6 @@
 //! One function per subcommand; each prints its result and returns the exit code.
 
+mod backup;
 mod cluster;
 mod data;
 mod start;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::Command;
+use crate::cli::{Command, SnapshotAction, SnapshotArgs};
 use crate::client::Client;
 
 pub use data::data_path;
@@ -35,7 +36,10 @@ pub async fn run(client: &Client, command: Command) -> Result<ExitCode> {
         Command::Cluster => cluster::show(client, "/v1/cluster").await,
         Command::Join(args) => cluster::join(client, args).await,
         Command::Leave(args) => cluster::leave(client, args).await,
-        Command::Snapshot => cluster::snapshot(client).await,
+        Command::Snapshot(SnapshotArgs { action: None }) => cluster::snapshot(client).await,
+        Command::Snapshot(SnapshotArgs {
+            action: Some(SnapshotAction::Save(args)),
+        }) => backup::save(client, args).await,
         Command::Healthcheck => cluster::healthcheck(client).await,
         Command::Metrics => cluster::metrics(client).await,
         Command::Get(args) => data::get(client, args).await,
@@ -43,7 +47,12 @@ pub async fn run(client: &Client, command: Command) -> Result<ExitCode> {
         Command::Delete(args) => data::delete(client, args).await,
         Command::List(args) => data::list(client, args).await,
         Command::Watch(args) => watch::watch(client, args).await,
-        Command::Start(_) | Command::Version | Command::Bench(_) => {
+        Command::Start(_)
+        | Command::Version
+        | Command::Bench(_)
+        | Command::Snapshot(SnapshotArgs {
+            action: Some(SnapshotAction::Restore(_)),
+        }) => {
             unreachable!("dispatched in main")
         }
     }

@@ -1,5 +1,6 @@
 //! The `/v1` REST API on warp: one file per resource, errors mapped in `error`.
 
+mod backup;
 mod cluster;
 mod data;
 pub mod error;
@@ -24,6 +25,7 @@ pub fn routes(
     let api = data::routes(node.clone())
         .or(cluster::routes(node.clone()))
         .or(watch::routes(node.clone()))
+        .or(backup::routes(node.clone()))
         .or(health::routes(node.clone()))
         .or(metrics::routes(node))
         .recover(error::recover);
@@ -66,7 +68,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     match crate::metrics::route_template(path) {
         "/v1/data/{key}" => Some("GET, HEAD, PUT, DELETE"),
         "/v1/cluster/{id}" => Some("PUT, DELETE"),
-        "/v1/snapshot" => Some("POST"),
+        "/v1/snapshot" => Some("GET, POST"),
         crate::metrics::OTHER_ROUTE => None,
         _ => Some("GET"),
     }

@@ -279,3 +279,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 }
+
+/// Raft state of a node restored from a backup taken at `last`: the log is
+/// purged up to `last` (so it continues after it), `last` is committed, and
+/// the vote is this node's in `last`'s term (an election then moves to a
+/// later term, so new entries sort after `last`). Synced.
+pub(crate) fn write_restored_state(db: &Db, last: LogId, vote: Vote) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    let cf = db.cf(CF_RAFT);
+    batch.put_cf(cf, KEY_LAST_PURGED, encode(&last));
+    batch.put_cf(cf, KEY_COMMITTED, encode(&Some(last)));
+    batch.put_cf(cf, KEY_VOTE, encode(&vote));
+    db.rocks().write_opt(batch, &synced())?;
+    Ok(())
+}

@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod log;
+pub mod restore;
 pub mod snapshot;
 pub mod state_machine;
 pub mod value;
@@ -47,6 +48,9 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt record in {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// The data directory must not be opened as it is (e.g. an interrupted restore).
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// The open database, shared by the log store and the state machine.
@@ -189,6 +193,8 @@ fn snapshot_dir(data_directory: &Path) -> PathBuf {
 
 /// Opens the database and builds both halves openraft needs.
 pub async fn open(data_directory: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+    restore::check_no_interrupted_restore(data_directory)
+        .map_err(|e| StoreError::Unusable(e.to_string()))?;
     let dir = data_directory.to_path_buf();
     let db = tokio::task::spawn_blocking(move || Db::open(&dir))
         .await

@@ -8,6 +8,16 @@
 //! ```
 //! The trailer makes truncation and corruption detectable before anything is
 //! installed: a snapshot is verified in full, then applied.
+//!
+//! A backup (`GET /v1/snapshot`, `cete snapshot save`, `cete-server --restore`)
+//! is exactly this file, built from a RocksDB snapshot of the applied state:
+//! the meta's `last_log_id.index` is the backup's revision (every write with a
+//! revision up to it is in the file, none after), its membership is the
+//! cluster's at that point (a restore replaces it with the restored node
+//! alone). Over HTTP it travels with `X-Cete-Revision`, `X-Cete-Keys` and
+//! `X-Cete-Checksum: crc32:<8 hex digits>`, the CRC-32 of the whole file
+//! (trailer included), so a client can check the transfer before it checks
+//! the format. The CLI's reader (cli/src/backup_file.rs) follows this layout.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -40,12 +50,14 @@ pub enum SnapshotError {
 struct CrcWriter<W: Write> {
     inner: W,
     crc: crc32fast::Hasher,
+    len: u64,
 }
 
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.crc.update(&buf[..n]);
+        self.len += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -59,12 +71,28 @@ pub struct SnapshotWriter {
     records: u64,
 }
 
+/// What [`SnapshotWriter::finish_written`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Key-value records.
+    pub records: u64,
+    /// Size of the whole file.
+    pub bytes: u64,
+    /// CRC-32 of the whole file, trailer included.
+    pub file_crc32: u32,
+}
+
 impl SnapshotWriter {
     pub fn create(path: &Path, meta: &SnapshotMeta) -> Result<SnapshotWriter, SnapshotError> {
-        let file = File::create(path)?;
+        SnapshotWriter::from_file(File::create(path)?, meta)
+    }
+
+    /// Writes into `file` (empty, positioned at its start), e.g. an unnamed temporary file.
+    pub fn from_file(file: File, meta: &SnapshotMeta) -> Result<SnapshotWriter, SnapshotError> {
         let mut out = CrcWriter {
             inner: BufWriter::with_capacity(1 << 20, file),
             crc: crc32fast::Hasher::new(),
+            len: 0,
         };
         out.write_all(MAGIC)?;
         let meta = serde_json::to_vec(meta).expect("snapshot meta serializes");
@@ -83,15 +111,26 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the trailer and syncs the file to disk.
-    pub fn finish(mut self) -> Result<u64, SnapshotError> {
+    /// Writes the trailer and syncs the file to disk; returns the record count.
+    pub fn finish(self) -> Result<u64, SnapshotError> {
+        self.finish_written().map(|w| w.records)
+    }
+
+    /// Like [`SnapshotWriter::finish`], with the file's size and whole-file checksum.
+    pub fn finish_written(mut self) -> Result<Written, SnapshotError> {
         self.out.write_all(&[TAG_END])?;
         self.out.write_all(&self.records.to_be_bytes())?;
-        let crc = self.out.crc.clone().finalize();
+        let crc = self.out.crc.clone().finalize().to_be_bytes();
+        let mut whole = self.out.crc;
+        whole.update(&crc);
         let mut file = self.out.inner.into_inner().map_err(|e| e.into_error())?;
-        file.write_all(&crc.to_be_bytes())?;
+        file.write_all(&crc)?;
         file.sync_all()?;
-        Ok(self.records)
+        Ok(Written {
+            records: self.records,
+            bytes: self.out.len + crc.len() as u64,
+            file_crc32: whole.finalize(),
+        })
     }
 }
 
@@ -212,7 +251,11 @@ mod tests {
         let mut w = SnapshotWriter::create(path, &meta()).unwrap();
         w.record(b"a", b"1").unwrap();
         w.record(b"b/c", &[0, 255, 7]).unwrap();
-        assert_eq!(w.finish().unwrap(), 2);
+        let written = w.finish_written().unwrap();
+        assert_eq!(written.records, 2);
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(written.bytes, bytes.len() as u64);
+        assert_eq!(written.file_crc32, crc32fast::hash(&bytes));
     }
 
     #[test]

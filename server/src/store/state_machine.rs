@@ -239,6 +239,13 @@ impl KvReader {
         let db = self.db.clone();
         blocking(move || write_snapshot_file(&db, &path)).await
     }
+
+    /// Writes a backup of the whole applied state, consistent as of one
+    /// moment while writes go on, to an unnamed temporary file.
+    pub async fn write_backup(&self) -> Result<BackupFile, SnapshotError> {
+        let db = self.db.clone();
+        blocking(move || write_backup(&db)).await
+    }
 }
 
 fn unix_millis() -> u128 {
@@ -258,6 +265,15 @@ fn decode_snapshot_meta<T: serde::de::DeserializeOwned>(
 }
 
 fn write_snapshot_file(db: &Db, path: &Path) -> Result<(SnapshotMeta, u64), SnapshotError> {
+    let (meta, written) = write_snapshot(db, std::fs::File::create(path)?)?;
+    Ok((meta, written.records))
+}
+
+/// Writes a snapshot of the applied state, as of one RocksDB snapshot, into `file`.
+fn write_snapshot(
+    db: &Db,
+    file: std::fs::File,
+) -> Result<(SnapshotMeta, snapshot::Written), SnapshotError> {
     let view = db.rocks().snapshot();
     let meta_of = |key: &[u8]| -> Result<Option<Vec<u8>>, SnapshotError> {
         view.get_cf(db.cf(CF_META), key)
@@ -277,7 +293,7 @@ fn write_snapshot_file(db: &Db, path: &Path) -> Result<(SnapshotMeta, u64), Snap
         last_membership: membership,
         snapshot_id,
     };
-    let mut writer = SnapshotWriter::create(path, &meta)?;
+    let mut writer = SnapshotWriter::from_file(file, &meta)?;
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&view);
     for item in db
@@ -287,8 +303,73 @@ fn write_snapshot_file(db: &Db, path: &Path) -> Result<(SnapshotMeta, u64), Snap
         let (key, raw) = item.map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
         writer.record(&key, &raw)?;
     }
-    let records = writer.finish()?;
-    Ok((meta, records))
+    let written = writer.finish_written()?;
+    Ok((meta, written))
+}
+
+/// A backup written to an unnamed temporary file, ready to be read from its start.
+#[derive(Debug)]
+pub struct BackupFile {
+    /// The file; it has no name, so it vanishes when closed (or on a crash).
+    pub file: std::fs::File,
+    /// Last applied log index in the backup: every write up to this revision is in it.
+    pub revision: u64,
+    /// Keys in the backup.
+    pub keys: u64,
+    /// Size of the file.
+    pub bytes: u64,
+    /// CRC-32 of the whole file.
+    pub crc32: u32,
+}
+
+/// Writes a backup of the applied state into an unnamed file in the snapshot directory.
+fn write_backup(db: &Db) -> Result<BackupFile, SnapshotError> {
+    use std::io::Seek;
+    let file = tempfile::tempfile_in(db.snapshot_dir())?;
+    let mut reader = file.try_clone()?;
+    let (meta, written) = write_snapshot(db, file)?;
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    Ok(BackupFile {
+        file: reader,
+        revision: meta.last_log_id.map_or(0, |l| l.index),
+        keys: written.records,
+        bytes: written.bytes,
+        crc32: written.file_crc32,
+    })
+}
+
+/// Fills an empty state machine from the (verified) backup at `path` for a
+/// restore: its data, `last_applied` and `membership`, then builds the
+/// current snapshot from them (so that joining nodes receive the restored
+/// membership, not the backup's). Returns the number of keys.
+pub(crate) fn restore_from_backup(
+    db: &Db,
+    path: &Path,
+    last_applied: LogId,
+    membership: StoredMembership,
+) -> Result<u64, SnapshotError> {
+    let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
+    let mut batch = WriteBatch::default();
+    let (_, records) = snapshot::read(path, |key, raw| {
+        batch.put_cf(db.cf(CF_DATA), key, raw);
+        if batch.size_in_bytes() > 8 << 20 {
+            db.rocks()
+                .write(std::mem::take(&mut batch))
+                .map_err(rocks_err)?;
+        }
+        Ok(())
+    })?;
+    batch.put_cf(
+        db.cf(CF_META),
+        KEY_LAST_APPLIED,
+        encode(&Some(last_applied)),
+    );
+    batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    db.rocks().write_opt(batch, &sync).map_err(rocks_err)?;
+    build_snapshot_file(db)?;
+    Ok(records)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -620,6 +701,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Writes the current snapshot file from the applied state and records it.
+fn build_snapshot_file(db: &Db) -> Result<(SnapshotMeta, String), SnapshotError> {
+    // The log behind this snapshot is purged next: make the state
+    // machine it describes durable first.
+    db.rocks()
+        .flush_wal(true)
+        .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+    let tmp = db
+        .snapshot_dir()
+        .join(format!("building-{}.tmp", unix_millis()));
+    let (meta, records) = write_snapshot_file(db, &tmp)?;
+    let file = format!("{}.snap", meta.snapshot_id);
+    std::fs::rename(&tmp, db.snapshot_dir().join(&file))?;
+    sync_dir(&db.snapshot_dir())?;
+    let mut batch = WriteBatch::default();
+    record_current_snapshot(db, &mut batch, &meta, &file);
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    db.rocks()
+        .write_opt(batch, &sync)
+        .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+    remove_other_snapshots(db, &file);
+    log::info!(
+        "built snapshot {} ({records} keys, last log id {:?})",
+        meta.snapshot_id,
+        meta.last_log_id
+    );
+    Ok((meta, file))
+}
+
 /// Builds a snapshot from a consistent RocksDB view while writes go on.
 pub struct SnapshotBuilder {
     db: Db,
@@ -629,36 +740,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
         let started = Instant::now();
-        let (meta, file) = blocking(move || -> Result<(SnapshotMeta, String), SnapshotError> {
-            // The log behind this snapshot is purged next: make the state
-            // machine it describes durable first.
-            db.rocks()
-                .flush_wal(true)
-                .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
-            let tmp = db
-                .snapshot_dir()
-                .join(format!("building-{}.tmp", unix_millis()));
-            let (meta, records) = write_snapshot_file(&db, &tmp)?;
-            let file = format!("{}.snap", meta.snapshot_id);
-            std::fs::rename(&tmp, db.snapshot_dir().join(&file))?;
-            sync_dir(&db.snapshot_dir())?;
-            let mut batch = WriteBatch::default();
-            record_current_snapshot(&db, &mut batch, &meta, &file);
-            let mut sync = rocksdb::WriteOptions::default();
-            sync.set_sync(true);
-            db.rocks()
-                .write_opt(batch, &sync)
-                .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
-            remove_other_snapshots(&db, &file);
-            log::info!(
-                "built snapshot {} ({records} keys, last log id {:?})",
-                meta.snapshot_id,
-                meta.last_log_id
-            );
-            Ok((meta, file))
-        })
-        .await
-        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let (meta, file) = blocking(move || build_snapshot_file(&db))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         self.db.snapshot_metrics().built(started.elapsed());
         let handle = tokio::fs::File::open(self.db.snapshot_dir().join(&file))
             .await

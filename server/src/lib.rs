@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod errors;
+pub mod faults;
 pub mod logging;
 pub mod node;
 pub mod raft;
@@ -116,6 +117,7 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 /// with no peer address and no state bootstraps a one-member cluster; with a
 /// peer address it asks that peer to add it.
 pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
+    faults::announce();
     let raft_listener = bind("--raft-address", &config.raft_address).await?;
     let grpc_listener = bind("--grpc-address", &config.grpc_address).await?;
     let http_listener = bind("--http-address", &config.http_address).await?;

@@ -2,6 +2,7 @@
 //! binaries (build them first with `cargo build --workspace --bins`).
 
 mod cluster;
+mod faultproxy;
 mod harness;
 mod linearizability;
 mod single_node;

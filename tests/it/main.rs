@@ -5,4 +5,5 @@ mod cluster;
 mod faultproxy;
 mod harness;
 mod linearizability;
+mod robustness;
 mod single_node;

@@ -168,7 +168,8 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         config.data_directory.clone(),
     ));
 
-    tokio::spawn(stop_when_removed(node.clone()));
+    let removed_before = config.data_directory.join(node::REMOVED_MARKER).exists();
+    tokio::spawn(stop_when_removed(node.clone(), removed_before));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -250,16 +251,23 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
 /// Watches the replicated membership: once a configuration that was
 /// committed without this node arrives, the node stops taking part, even if
 /// the leader's removal notice never reached it.
-async fn stop_when_removed(node: Arc<Cete>) {
+async fn stop_when_removed(node: Arc<Cete>, removed_before: bool) {
     let mut metrics = node.raft.metrics();
+    // A joining node catches up through configurations from before its
+    // join (a snapshot's, say) that do not list it yet: only one that drops
+    // it after it was listed (in this life or, per the marker, an earlier
+    // one) means removal.
+    let mut listed = removed_before;
     loop {
         let removed = {
             let m = metrics.borrow_and_update();
-            m.membership_config.log_id().is_some()
-                && m.membership_config
-                    .membership()
-                    .get_node(&node.id)
-                    .is_none()
+            let member = m
+                .membership_config
+                .membership()
+                .get_node(&node.id)
+                .is_some();
+            listed |= member;
+            listed && !member && m.membership_config.log_id().is_some()
         };
         if removed {
             node.mark_removed();

@@ -671,13 +671,17 @@ async fn wait_members_quietly(sim: &Sim, n: usize, timeout: Duration) -> Result<
                 .as_ref()
                 .and_then(|b| b["cluster"]["nodes"].as_object().cloned())
                 .map(|m| m.values().filter(|v| v["voter"] == true).count());
-            ok &= voters == Some(n);
+            let state = node_json(&client, node.http_port).await.map(|v| v["state"].clone());
+            let serving = state.as_ref().is_some_and(|s| s == "Leader" || s == "Follower");
+            ok &= voters == Some(n) && serving;
         }
         if ok {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("not every node lists {n} voters after {timeout:?}"));
+            return Err(format!(
+                "not every node lists {n} voters and serves as leader or follower after {timeout:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

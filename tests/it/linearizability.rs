@@ -180,17 +180,21 @@ enum Class {
     OpaquePut,
     /// An unknown delete.
     OpaqueDelete,
+    /// An unknown compare-and-set to an unobserved value, by its group
+    /// (one group per expected value).
+    OpaqueCas(usize),
 }
 
 /// The memo key: which tracked operations are placed, the register, and how
 /// many interchangeable unknowns are used.
-type MemoKey = (Vec<u64>, Option<u64>, u32, u32);
+type MemoKey = (Vec<u64>, Option<u64>, u32, u32, Vec<u32>);
 
 struct Search {
     bits: Vec<u64>,
     state: Option<u64>,
     opaque_puts: u32,
     opaque_deletes: u32,
+    opaque_cas: Vec<u32>,
     known_left: usize,
 }
 
@@ -200,6 +204,7 @@ impl Search {
             Class::Own(bit) => self.bits[bit / 64] |= 1 << (bit % 64),
             Class::OpaquePut => self.opaque_puts += 1,
             Class::OpaqueDelete => self.opaque_deletes += 1,
+            Class::OpaqueCas(g) => self.opaque_cas[g] += 1,
         }
         self.state = next_state;
         if known {
@@ -212,6 +217,7 @@ impl Search {
             Class::Own(bit) => self.bits[bit / 64] &= !(1 << (bit % 64)),
             Class::OpaquePut => self.opaque_puts -= 1,
             Class::OpaqueDelete => self.opaque_deletes -= 1,
+            Class::OpaqueCas(g) => self.opaque_cas[g] -= 1,
         }
         self.state = prev_state;
         if known {
@@ -225,11 +231,13 @@ impl Search {
             next_state,
             self.opaque_puts,
             self.opaque_deletes,
+            self.opaque_cas.clone(),
         );
         match class {
             Class::Own(bit) => key.0[bit / 64] |= 1 << (bit % 64),
             Class::OpaquePut => key.2 += 1,
             Class::OpaqueDelete => key.3 += 1,
+            Class::OpaqueCas(g) => key.4[g] += 1,
         }
         key
     }
@@ -238,10 +246,12 @@ impl Search {
 /// Checks one key's history, starting from an absent key. `budget` bounds the search.
 ///
 /// Unknown outcomes make the plain search exponential (every subset of them
-/// may have taken effect). Two exact reductions keep it small: an unknown put
+/// may have taken effect). Exact reductions keep it small: an unknown put
 /// whose value no read and no compare-and-set ever names acts only as "some
 /// other value", so all such puts are interchangeable and the memo counts
-/// them instead of naming them; unknown deletes are interchangeable likewise.
+/// them instead of naming them; unknown deletes are interchangeable likewise,
+/// and so are unknown compare-and-sets to unobserved values from the same
+/// expected value.
 pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
     let started = Instant::now();
     let mut observed = HashSet::new();
@@ -256,6 +266,7 @@ pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
     let mut classes = Vec::with_capacity(ops.len());
     let mut model_ops = ops.to_vec();
     let mut own = 0;
+    let mut cas_groups: std::collections::HashMap<u64, usize> = Default::default();
     for op in model_ops.iter_mut() {
         let class = match (op.call, op.ret) {
             (Call::Write(v), None) if !observed.contains(&v) => {
@@ -263,6 +274,14 @@ pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
                 Class::OpaquePut
             }
             (Call::Delete, None) => Class::OpaqueDelete,
+            (Call::Cas { expect, new }, None) if !observed.contains(&new) => {
+                op.call = Call::Cas {
+                    expect,
+                    new: OPAQUE,
+                };
+                let next = cas_groups.len();
+                Class::OpaqueCas(*cas_groups.entry(expect).or_insert(next))
+            }
             _ => {
                 own += 1;
                 Class::Own(own - 1)
@@ -317,6 +336,7 @@ pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
         state: None,
         opaque_puts: 0,
         opaque_deletes: 0,
+        opaque_cas: vec![0; cas_groups.len()],
         known_left: ops.iter().filter(|o| o.ret.is_some()).count(),
     };
     let mut cache: HashSet<MemoKey> = HashSet::new();
@@ -634,6 +654,29 @@ mod tests {
         }
         assert_lin(ops.clone());
         ops.push(read(0, Some(3), 200, 201)); // back to an earlier one: impossible
+        assert_not_lin(ops);
+    }
+
+    #[test]
+    fn many_unknown_compare_and_sets_finish() {
+        let mut ops = vec![put(0, 1, 0, 1)];
+        for v in 0..60 {
+            ops.push(op(
+                1 + v as usize,
+                Call::Cas {
+                    expect: 1 + v % 2,
+                    new: 100 + v,
+                },
+                None,
+                2 + v,
+                u64::MAX,
+            ));
+        }
+        ops.push(read(0, Some(1), 100, 101));
+        ops.push(put(0, 2, 102, 103));
+        ops.push(read(0, Some(2), 104, 105));
+        assert_lin(ops.clone());
+        ops.push(read(0, Some(1), 200, 201));
         assert_not_lin(ops);
     }
 

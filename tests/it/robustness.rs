@@ -455,6 +455,11 @@ async fn request(
             known.remove(&key);
             (Some(Ret::Swapped(false)), false, detail)
         }
+        // Not proposed: the node knew no leader, or the entry was truncated
+        // as conflicting (never committed). A definite failure for a write.
+        (Call::Write(_) | Call::Delete | Call::Cas { .. }, 503) if code == "NoLeader" => {
+            (None, true, detail)
+        }
         // 400s other than the above would be a workload bug: say so loudly.
         (_, 400..=499) if status != 404 => (None, false, format!("UNEXPECTED {detail}: {body}")),
         _ => (None, false, detail),

@@ -84,14 +84,24 @@ impl FaultNet {
     }
 
     /// Starts a proxy for connections node `from` opens to `target` (node
-    /// `to`); returns the address `from` must dial instead.
+    /// `to`); returns the address `from` must dial instead. The proxy never
+    /// takes a port in `avoid` (ports the nodes will listen on).
     pub async fn add_link(
         &mut self,
         from: usize,
         to: usize,
         target: SocketAddr,
+        avoid: &[u16],
     ) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut held = Vec::new();
+        let listener = loop {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            if !avoid.contains(&listener.local_addr()?.port()) {
+                break listener;
+            }
+            held.push(listener); // keep it so the next bind gets another port
+        };
+        drop(held);
         let addr = listener.local_addr()?;
         let shared = self.shared.clone();
         self.tasks.push(tokio::spawn(async move {
@@ -309,7 +319,7 @@ mod tests {
     async fn modes_switch_at_runtime() {
         let echo = echo_server().await;
         let mut net = FaultNet::new();
-        let proxy = net.add_link(0, 1, echo).await.unwrap();
+        let proxy = net.add_link(0, 1, echo, &[]).await.unwrap();
         let mut sock = TcpStream::connect(proxy).await.unwrap();
         let short = Duration::from_millis(300);
         assert_eq!(

@@ -192,13 +192,17 @@ impl Sim {
             ));
         }
         let mut net = FaultNet::new();
+        let node_ports: Vec<u16> = nodes
+            .iter()
+            .flat_map(|n| [n.raft_port, n.grpc_port, n.http_port])
+            .collect();
         let mut env = Vec::new();
         for i in 0..spec.nodes {
             let mut map = Vec::new();
             for (j, peer) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
                 for port in [peer.raft_port, peer.grpc_port] {
                     let real: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                    let proxy = net.add_link(i, j, real).await.expect("proxy listener");
+                    let proxy = net.add_link(i, j, real, &node_ports).await.expect("proxy listener");
                     map.push(format!("{real}={proxy}"));
                 }
             }
@@ -1273,6 +1277,10 @@ async fn robustness_catches_local_reads() {
                         let report =
                             std::fs::read_to_string(dir.join("report.txt")).unwrap_or_default();
                         assert!(report.contains("NOT LINEARIZABLE"), "{report}");
+                        let at = report.find("NOT LINEARIZABLE").unwrap_or(0);
+                        let excerpt: String =
+                            report[at..].lines().take(20).collect::<Vec<_>>().join("\n");
+                        eprintln!("report excerpt:\n{excerpt}");
                         let _ = std::fs::remove_dir_all(&dir);
                         return;
                     }

@@ -24,7 +24,11 @@ pub struct TestSettings {
 
 fn parse(dial_map: Option<&str>, unsafe_flags: Option<&str>) -> Result<TestSettings, String> {
     let mut settings = TestSettings::default();
-    for pair in dial_map.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+    for pair in dial_map
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+    {
         let (real, proxy) = pair
             .split_once('=')
             .ok_or_else(|| format!("CETE_TEST_DIAL_MAP entry {pair:?} is not real=proxy"))?;

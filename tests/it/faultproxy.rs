@@ -43,11 +43,14 @@ pub struct Stats {
     pub connections_cut: AtomicU64,
 }
 
+/// A live connection: the two nodes it joins, and a sender that cuts it.
+type Conn = ((usize, usize), watch::Sender<bool>);
+
 #[derive(Default)]
 struct Shared {
     modes: Mutex<HashMap<(usize, usize), Mode>>,
-    /// Live connections: id -> (the two nodes, a sender that cuts it).
-    conns: Mutex<HashMap<u64, ((usize, usize), watch::Sender<bool>)>>,
+    /// Live connections by id.
+    conns: Mutex<HashMap<u64, Conn>>,
     next_id: AtomicU64,
     stats: Stats,
 }

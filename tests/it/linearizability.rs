@@ -93,9 +93,7 @@ fn step(state: Option<u64>, op: &Operation) -> Option<Option<u64>> {
         (Call::Read, Some(Ret::Value(seen))) => (seen == state).then_some(state),
         (Call::Read, _) => Some(state),
         (Call::Write(v), _) => Some(Some(v)),
-        (Call::Delete, Some(Ret::Deleted(existed))) => {
-            (existed == state.is_some()).then_some(None)
-        }
+        (Call::Delete, Some(Ret::Deleted(existed))) => (existed == state.is_some()).then_some(None),
         (Call::Delete, _) => Some(None),
         (Call::Cas { expect, new }, Some(Ret::Swapped(true))) => {
             (state == Some(expect)).then_some(Some(new))
@@ -103,9 +101,11 @@ fn step(state: Option<u64>, op: &Operation) -> Option<Option<u64>> {
         (Call::Cas { expect, .. }, Some(Ret::Swapped(false))) => {
             (state != Some(expect)).then_some(state)
         }
-        (Call::Cas { expect, new }, None) => {
-            Some(if state == Some(expect) { Some(new) } else { state })
-        }
+        (Call::Cas { expect, new }, None) => Some(if state == Some(expect) {
+            Some(new)
+        } else {
+            state
+        }),
         // A return that does not fit the call: never linearizable.
         _ => None,
     }
@@ -347,22 +347,20 @@ pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
     let mut best: (usize, Vec<usize>, usize) = (0, Vec::new(), usize::MAX);
     let mut steps: u64 = 0;
 
-    let backtrack = |list: &mut Events,
-                         stack: &mut Vec<(usize, Option<u64>)>,
-                         search: &mut Search|
-     -> usize {
-        let Some((call, prev_state)) = stack.pop() else {
-            return usize::MAX;
+    let backtrack =
+        |list: &mut Events, stack: &mut Vec<(usize, Option<u64>)>, search: &mut Search| -> usize {
+            let Some((call, prev_state)) = stack.pop() else {
+                return usize::MAX;
+            };
+            let op = list.ev[call].op;
+            list.unlift(call);
+            search.undo(classes[op], ops[op].ret.is_some(), prev_state);
+            list.ev[call].next
         };
-        let op = list.ev[call].op;
-        list.unlift(call);
-        search.undo(classes[op], ops[op].ret.is_some(), prev_state);
-        list.ev[call].next
-    };
 
     while search.known_left > 0 {
         steps += 1;
-        if steps % 1024 == 0 && started.elapsed() > budget {
+        if steps.is_multiple_of(1024) && started.elapsed() > budget {
             return Verdict::Timeout;
         }
         if entry == usize::MAX {

@@ -202,7 +202,10 @@ impl Sim {
             for (j, peer) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
                 for port in [peer.raft_port, peer.grpc_port] {
                     let real: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                    let proxy = net.add_link(i, j, real, &node_ports).await.expect("proxy listener");
+                    let proxy = net
+                        .add_link(i, j, real, &node_ports)
+                        .await
+                        .expect("proxy listener");
                     map.push(format!("{real}={proxy}"));
                 }
             }
@@ -337,17 +340,13 @@ async fn client_loop(
             45..75 => Call::Write(value),
             75..85 => Call::Delete,
             _ => match known.get(&key) {
-                Some(&(_, expect)) => Call::Cas {
-                    expect,
-                    new: value,
-                },
+                Some(&(_, expect)) => Call::Cas { expect, new: value },
                 None => Call::Write(value),
             },
         };
         let stale = (30..45).contains(&roll);
         let invoke = history.now();
-        let (ret, failed, detail) =
-            request(&http, ports[node], key, call, stale, &mut known).await;
+        let (ret, failed, detail) = request(&http, ports[node], key, call, stale, &mut known).await;
         let complete = history.now();
         history.records.lock().unwrap().push(Record {
             client: id,
@@ -680,8 +679,12 @@ async fn wait_members_quietly(sim: &Sim, n: usize, timeout: Duration) -> Result<
                 .as_ref()
                 .and_then(|b| b["cluster"]["nodes"].as_object().cloned())
                 .map(|m| m.values().filter(|v| v["voter"] == true).count());
-            let state = node_json(&client, node.http_port).await.map(|v| v["state"].clone());
-            let serving = state.as_ref().is_some_and(|s| s == "Leader" || s == "Follower");
+            let state = node_json(&client, node.http_port)
+                .await
+                .map(|v| v["state"].clone());
+            let serving = state
+                .as_ref()
+                .is_some_and(|s| s == "Leader" || s == "Follower");
             ok &= voters == Some(n) && serving;
         }
         if ok {
@@ -735,7 +738,10 @@ async fn snapshot_install(
     }
     for i in &rest {
         let url = sim.cluster.nodes[*i].url("/v1/snapshot");
-        let _ = http_client(Duration::from_secs(20), 0).post(url).send().await;
+        let _ = http_client(Duration::from_secs(20), 0)
+            .post(url)
+            .send()
+            .await;
     }
     sim.net.heal();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -909,15 +915,20 @@ fn check_history(
         out.ops_checked += ops.len() + stale.len();
         match check(&ops, CHECK_BUDGET) {
             Verdict::Linearizable => {
-                let _ = writeln!(out.report, "k{key}: linearizable ({} operations)", ops.len());
+                let _ = writeln!(
+                    out.report,
+                    "k{key}: linearizable ({} operations)",
+                    ops.len()
+                );
             }
             Verdict::NotLinearizable(why) => {
                 out.problems.push(format!("k{key} is not linearizable"));
                 let _ = writeln!(out.report, "k{key}: NOT LINEARIZABLE\n{why}");
             }
             Verdict::Timeout => {
-                out.problems
-                    .push(format!("k{key}: the checker ran out of its {CHECK_BUDGET:?} budget"));
+                out.problems.push(format!(
+                    "k{key}: the checker ran out of its {CHECK_BUDGET:?} budget"
+                ));
             }
         }
         for problem in check_stale_reads(&writes, &stale) {
@@ -967,8 +978,11 @@ fn save_evidence(
         lines.push('\n');
     }
     std::fs::write(dir.join("history.jsonl"), lines).expect("write history");
-    std::fs::write(dir.join("report.txt"), render_report(spec, sim, faults, out))
-        .expect("write report");
+    std::fs::write(
+        dir.join("report.txt"),
+        render_report(spec, sim, faults, out),
+    )
+    .expect("write report");
     for node in &sim.cluster.nodes {
         for path in [node.log_path.clone(), node.stderr_path()] {
             if let Some(name) = path.file_name() {
@@ -1029,7 +1043,11 @@ async fn run(spec: RunSpec) -> Result<Outcome, (PathBuf, Outcome)> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let terms = Arc::new(Mutex::new(BTreeSet::new()));
-    let monitor = tokio::spawn(monitor_leaders(ports.clone(), terms.clone(), stop_rx.clone()));
+    let monitor = tokio::spawn(monitor_leaders(
+        ports.clone(),
+        terms.clone(),
+        stop_rx.clone(),
+    ));
     let clients: Vec<_> = (0..spec.clients)
         .map(|id| {
             tokio::spawn(client_loop(
@@ -1264,10 +1282,7 @@ async fn robustness_catches_local_reads() {
             };
             match run(spec).await {
                 Err((dir, out)) => {
-                    let caught = out
-                        .problems
-                        .iter()
-                        .any(|p| p.contains("not linearizable"));
+                    let caught = out.problems.iter().any(|p| p.contains("not linearizable"));
                     if caught {
                         eprintln!(
                             "the broken build was caught ({:?}); evidence in {}",

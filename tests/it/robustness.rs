@@ -1311,3 +1311,61 @@ async fn robustness_catches_local_reads() {
     })
     .await;
 }
+
+/// Regression (found by the membership nemesis): a node removed and added
+/// back with an empty data directory catches up through a snapshot whose
+/// membership predates its return. It used to take that for its removal and
+/// stop; it must rejoin and serve.
+#[tokio::test]
+async fn rejoin_through_a_snapshot_after_removal() {
+    bounded(Duration::from_secs(240), async {
+        let mut cluster = Cluster::start(3, &["--snapshot-threshold", "20"]).await;
+        let client = http_client(Duration::from_secs(20), 3);
+        let leader = cluster.leader(Duration::from_secs(30)).await;
+        let target = (leader + 1) % 3;
+        let name = cluster.nodes[target].name.clone();
+        let resp = client
+            .delete(cluster.nodes[leader].url(&format!("/v1/cluster/{name}")))
+            .send()
+            .await
+            .expect("DELETE member");
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+        cluster.nodes[target].kill9();
+        // Enough writes that the log behind the re-add is compacted away.
+        for i in 0..100 {
+            let resp = client
+                .put(cluster.nodes[leader].url(&format!("/v1/data/r{i}")))
+                .body(format!("v{i}"))
+                .send()
+                .await
+                .expect("PUT");
+            assert!(resp.status().is_success(), "PUT r{i}: {}", resp.status());
+        }
+        std::fs::remove_dir_all(&cluster.nodes[target].dir).expect("wipe the removed node");
+        cluster.nodes[target].peer_grpc = Some(cluster.nodes[leader].grpc_addr());
+        cluster.nodes[target].start();
+        cluster.wait_members(3, Duration::from_secs(60)).await;
+        let url = cluster.nodes[target].url("/v1/data/r99?consistency=stale");
+        crate::harness::wait_until(
+            Duration::from_secs(30),
+            "the re-added node serves the data",
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    let resp = client.get(&url).send().await.ok()?;
+                    (resp.status() == 200).then_some(())
+                }
+            },
+        )
+        .await;
+        let node = node_json(&client, cluster.nodes[target].http_port)
+            .await
+            .expect("/v1/node");
+        assert_eq!(node["state"], "Follower", "{node}");
+        let log = std::fs::read_to_string(&cluster.nodes[target].log_path).unwrap();
+        assert!(log.contains("installed snapshot"), "no snapshot install");
+        assert!(!log.contains("was removed"), "the node stopped itself");
+    })
+    .await;
+}

@@ -432,7 +432,7 @@ fn not_linearizable(ops: &[Operation], best: &(usize, Vec<usize>, usize)) -> Ver
         for (i, op) in ops.iter().enumerate() {
             let overlaps = op.invoke <= blocked.complete
                 && (op.ret.is_none() || op.complete >= blocked.invoke);
-            if !placed.contains(&i) && overlaps {
+            if !placed.contains(&i) && i != *stuck && overlaps {
                 text.push_str(&format!("  {op}\n"));
             }
         }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod errors;
+pub mod faults;
 pub mod logging;
 pub mod metrics;
 pub mod node;
@@ -121,6 +122,7 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 /// peer address it asks that peer to add it.
 pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     raise_open_file_limit();
+    faults::announce();
     let raft_listener = bind("--raft-address", &config.raft_address).await?;
     let grpc_listener = bind("--grpc-address", &config.grpc_address).await?;
     let http_listener = bind("--http-address", &config.http_address).await?;

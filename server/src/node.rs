@@ -252,6 +252,9 @@ impl Cete {
         if consistency == Consistency::Stale {
             return Ok(());
         }
+        if crate::faults::settings().local_reads {
+            return Ok(()); // deliberately broken (test only, see faults.rs)
+        }
         let index = tokio::time::timeout(READ_TIMEOUT, self.read_index())
             .await
             .map_err(|_| Error::Timeout("no read index from the leader in time".into()))??;

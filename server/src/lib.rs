@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod errors;
+pub mod http_server;
 pub mod logging;
 pub mod node;
 pub mod raft;
@@ -116,6 +117,14 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 /// with no peer address and no state bootstraps a one-member cluster; with a
 /// peer address it asks that peer to add it.
 pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
+    let tls = match config.tls.clone() {
+        Some(settings) => Some(
+            tokio::task::spawn_blocking(move || tls::TlsConfig::load(&settings))
+                .await
+                .context("loading TLS files")??,
+        ),
+        None => None,
+    };
     let raft_listener = bind("--raft-address", &config.raft_address).await?;
     let grpc_listener = bind("--grpc-address", &config.grpc_address).await?;
     let http_listener = bind("--http-address", &config.http_address).await?;
@@ -146,7 +155,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         .context("reading the committed index")?
         .map_or(0, |l| l.index);
     let reader = state_machine.reader();
-    let pool = ChannelPool::new(tls::ClientTls::default());
+    let pool = ChannelPool::new(tls::ClientTls::new(tls.as_ref()));
     let raft = openraft::Raft::new(
         id,
         Arc::new(raft_config(&config)?),
@@ -173,7 +182,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = Vec::new();
-    let raft_server = tonic::transport::Server::builder()
+    let raft_server = grpc_server(tls.as_ref())?
         .add_service(
             proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(256 << 20),
@@ -187,7 +196,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             log::error!("raft listener failed: {e}");
         }
     }));
-    let peer_server = tonic::transport::Server::builder()
+    let peer_server = grpc_server(tls.as_ref())?
         .add_service(proto::peer::peer_server::PeerServer::new(PeerService::new(
             node.clone(),
         )))
@@ -200,10 +209,17 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             log::error!("peer listener failed: {e}");
         }
     }));
-    let http = warp::serve(api::routes(node.clone()))
-        .incoming(http_listener)
-        .graceful(stopped(shutdown_rx.clone()));
-    servers.push(tokio::spawn(http.run()));
+    let https = match &tls {
+        Some(tls) => Some(tls.http_server_config()?),
+        None => None,
+    };
+    servers.push(tokio::spawn(http_server::serve(
+        http_listener,
+        https,
+        warp::service(api::routes(node.clone())),
+        http_server::Limits::default(),
+        shutdown_rx.clone(),
+    )));
 
     let peer = config
         .peer_grpc_address
@@ -231,8 +247,12 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         (true, None) => {}
     }
     log::info!(
-        "node {} up: raft {raft_addr}, grpc {grpc_addr}, http {http_addr}, data {}",
+        "node {} up: raft {raft_addr}, grpc {grpc_addr}, {} {http_addr}, data {}",
         info.name,
+        match &tls {
+            Some(tls) => format!("TLS (common name {}), https", tls.server_name),
+            None => "http".to_string(),
+        },
         config.data_directory.display()
     );
     Ok(NodeHandle {
@@ -243,6 +263,17 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         shutdown,
         servers,
     })
+}
+
+/// A gRPC server builder, with TLS (peers must present a trusted certificate) if configured.
+fn grpc_server(tls: Option<&tls::TlsConfig>) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls.grpc_server_config())
+            .context("configuring TLS for gRPC"),
+        None => Ok(builder),
+    }
 }
 
 /// Watches the replicated membership: once a configuration that was

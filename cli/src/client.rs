@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::urls;
+use crate::{tls, urls};
 
 /// Redirect hops followed for one attempt before giving up.
 const MAX_HOPS: usize = 5;
@@ -28,10 +28,21 @@ pub struct Options {
     pub address: Url,
     /// Overall limit for one call, redirects and retries included.
     pub timeout: Duration,
-    /// PEM bundle to trust instead of the system roots (https only).
-    pub ca_cert: Option<std::path::PathBuf>,
+    /// How https addresses are verified.
+    pub tls: TlsOptions,
     /// Idle connections kept per host (the bench raises it).
     pub pool_size: usize,
+}
+
+/// How the server's certificate is checked on https addresses.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM bundle to trust instead of the system roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Name the certificate must be valid for, instead of the URL's host.
+    pub common_name: Option<String>,
+    /// No verification at all (tests only).
+    pub insecure: bool,
 }
 
 /// A request, with its body held as bytes so it can be re-sent on a redirect.
@@ -213,7 +224,13 @@ impl Client {
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .no_proxy()
             .user_agent(concat!("cete/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &opts.ca_cert {
+        let tls = &opts.tls;
+        if tls.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        } else if let Some(name) = &tls.common_name {
+            builder = builder
+                .tls_backend_preconfigured(tls::pinned_name_config(name, tls.ca_cert.as_deref())?);
+        } else if let Some(path) = &tls.ca_cert {
             builder = builder.tls_certs_only(read_certs(path)?);
         }
         Ok(Client {
@@ -375,7 +392,7 @@ impl Client {
                 address,
             };
         }
-        let detail = root_cause(&e);
+        let detail = tls::explain(&url, root_cause(&e));
         if e.is_connect() {
             TransportError::Connect { address, detail }
         } else {

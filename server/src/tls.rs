@@ -124,7 +124,18 @@ fn describe(err: &rustls::Error) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!("the certificate is not valid for the common name ({e})")
             }
-            other => format!("the certificate is not usable: {other:?}"),
+            CertificateError::Other(other)
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) =>
+            {
+                "the certificate is a CA certificate (basicConstraints CA:TRUE), which cannot \
+                 be a node's own certificate; sign a node certificate with it, or make a \
+                 self-signed one with basicConstraints=CA:FALSE"
+                    .to_string()
+            }
+            other => format!("the certificate is not usable: {other}"),
         },
         other => other.to_string(),
     }
@@ -136,6 +147,10 @@ impl TlsConfig {
     /// and may be used both as a server and as a client certificate (peers use it both ways).
     /// Blocking file I/O: call it from a blocking context.
     pub fn load(settings: &TlsSettings) -> Result<TlsConfig, TlsError> {
+        // tonic builds its rustls configs with the process default provider, which rustls
+        // cannot pick by itself when a build enables more than one (reqwest brings aws-lc-rs).
+        // Installing fails harmlessly if one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         const CERT: &str = "--certificate-file";
         const KEY: &str = "--key-file";
         const CA: &str = "--ca-file";
@@ -200,7 +215,7 @@ impl TlsConfig {
 
         let now = UnixTime::now();
         let trust = if settings.ca_file.is_some() {
-            format!(" (trust root: {CA} {})", ca_path.display())
+            format!(", trust root {CA} {}", ca_path.display())
         } else {
             String::new()
         };
@@ -216,7 +231,10 @@ impl TlsConfig {
                 invalid(
                     CERT,
                     cert_path,
-                    format!("{} for --common-name {server_name}{trust}", describe(&e)),
+                    format!(
+                        "{} (checked for --common-name {server_name}{trust})",
+                        describe(&e)
+                    ),
                 )
             })?;
         let client_verifier =

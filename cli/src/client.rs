@@ -392,7 +392,7 @@ impl Client {
                 address,
             };
         }
-        let detail = tls::explain(&url, root_cause(&e));
+        let detail = tls::explain(url, root_cause(&e));
         if e.is_connect() {
             TransportError::Connect { address, detail }
         } else {

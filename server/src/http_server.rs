@@ -206,3 +206,113 @@ async fn refuse_plain_text(mut stream: TcpStream) -> Result<(), BoxError> {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     Err("plain HTTP on the HTTPS port; answered 400".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+    use warp::Filter;
+
+    /// Serves a trivial route with a short header timeout; returns its address.
+    async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let routes = warp::path("ok").map(|| "fine");
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+        };
+        tokio::spawn(serve(listener, tls, warp::service(routes), limits, stopped));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection; panics if that takes over 3 s.
+    async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer));
+        match read.await {
+            Ok(_) => answer, // closed (or reset): not left hanging
+            Err(_) => panic!("the server kept a stalled connection open"),
+        }
+    }
+
+    fn self_signed() -> Arc<rustls::ServerConfig> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key)
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn slow_headers_are_cut_off_and_the_loop_keeps_serving() {
+        let (addr, _stop) = start(None).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let answer = read_until_closed(&mut slow).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
+        let mut fast = TcpStream::connect(addr).await.unwrap();
+        fast.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = String::from_utf8(read_until_closed(&mut fast).await).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("fine"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_port_answers_plain_http_with_400_and_drops_stalled_handshakes() {
+        let (addr, stop) = start(Some(self_signed())).await;
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = String::from_utf8(read_until_closed(&mut plain).await).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""code":"HttpsRequired""#), "{answer}");
+
+        // A client that starts a handshake and stops is dropped after the timeout.
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(&[TLS_HANDSHAKE, 3, 1]).await.unwrap();
+        read_until_closed(&mut stalled).await;
+        // So is one that connects and sends nothing.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        read_until_closed(&mut silent).await;
+
+        // Shutdown stops accepting.
+        stop.send(true).unwrap();
+        let refused = async {
+            loop {
+                if TcpStream::connect(addr).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), refused)
+            .await
+            .expect("the listener closes on shutdown");
+    }
+}

@@ -317,7 +317,11 @@ async fn join_until_member(
                 log::info!("joined the cluster through {peer}");
                 return;
             }
-            Err(e) => log::warn!("join through {peer} failed, retrying: {e}"),
+            Err(e) => {
+                let tls = peers.diagnose_tls(&peer).await;
+                let why = tls.map(|d| format!(" ({d})")).unwrap_or_default();
+                log::warn!("join through {peer} failed, retrying: {e}{why}")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -56,6 +56,8 @@ pub struct TlsConfig {
     ca_pem: Vec<u8>,
     certs: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    /// The same client side as the gRPC channels', for [`ClientTls::diagnose`].
+    probe: Arc<rustls::ClientConfig>,
     /// The name every node's certificate is checked against.
     pub server_name: String,
 }
@@ -237,10 +239,12 @@ impl TlsConfig {
                     ),
                 )
             })?;
-        let client_verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| invalid(ca_flag, ca_path, e.to_string()))?;
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| invalid(ca_flag, ca_path, e.to_string()))?;
         client_verifier
             .verify_client_cert(&certs[0], &certs[1..], now)
             .map_err(|e| {
@@ -253,7 +257,13 @@ impl TlsConfig {
                     ),
                 )
             })?;
+        let mut probe = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs.clone(), key.clone_key())?;
+        probe.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsConfig {
+            probe: Arc::new(probe),
             cert_pem,
             key_pem,
             ca_pem,
@@ -301,20 +311,28 @@ pub enum ClientTls {
     #[default]
     Plain,
     /// TLS with the node's trust root and client certificate.
-    Tls(ClientTlsConfig),
+    Tls {
+        grpc: ClientTlsConfig,
+        probe: Arc<rustls::ClientConfig>,
+        server_name: String,
+    },
 }
 
 impl ClientTls {
     /// The client side of `config`, or plain text without one.
     pub fn new(config: Option<&TlsConfig>) -> ClientTls {
-        config.map_or(ClientTls::Plain, |c| ClientTls::Tls(c.grpc_client_config()))
+        config.map_or(ClientTls::Plain, |c| ClientTls::Tls {
+            grpc: c.grpc_client_config(),
+            probe: c.probe.clone(),
+            server_name: c.server_name.clone(),
+        })
     }
 
     /// The URL scheme peers are dialled with.
     pub fn scheme(&self) -> &'static str {
         match self {
             ClientTls::Plain => "http",
-            ClientTls::Tls(_) => "https",
+            ClientTls::Tls { .. } => "https",
         }
     }
 
@@ -322,7 +340,44 @@ impl ClientTls {
     pub fn configure(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
         match self {
             ClientTls::Plain => Ok(endpoint),
-            ClientTls::Tls(config) => endpoint.tls_config(config.clone()),
+            ClientTls::Tls { grpc, .. } => endpoint.tls_config(grpc.clone()),
+        }
+    }
+
+    /// Why TLS with the peer at `address` fails, if it does. gRPC reports a refused
+    /// certificate only as a dropped connection, so a failed call is explained by one
+    /// handshake made by hand. `None` when plain, unreachable or when TLS works.
+    pub async fn diagnose(&self, address: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::time::timeout;
+        let ClientTls::Tls {
+            probe, server_name, ..
+        } = self
+        else {
+            return None;
+        };
+        let name = ServerName::try_from(server_name.clone()).ok()?;
+        let target = crate::config::dial_addr(address, None);
+        let step = Duration::from_secs(3);
+        let tcp = timeout(step, tokio::net::TcpStream::connect(&target))
+            .await
+            .ok()?
+            .ok()?;
+        let connector = tokio_rustls::TlsConnector::from(probe.clone());
+        let mut tls = match timeout(step, connector.connect(name, tcp)).await {
+            Err(_) => return Some("TLS handshake timed out".into()),
+            Ok(Err(e)) => return Some(format!("TLS handshake failed: {e}")),
+            Ok(Ok(tls)) => tls,
+        };
+        // With TLS 1.3 the server judges our certificate after the handshake; its verdict
+        // arrives as an alert on the first read. A healthy peer answers the HTTP/2 preface.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 64];
+        match timeout(step, tls.read(&mut buf)).await {
+            Ok(Err(e)) => Some(format!("the peer refused this node's certificate: {e}")),
+            _ => None,
         }
     }
 }

@@ -2,7 +2,6 @@
 //! the decoding of the server's error body.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -227,11 +226,14 @@ impl Client {
         let tls = &opts.tls;
         if tls.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
-        } else if let Some(name) = &tls.common_name {
-            builder = builder
-                .tls_backend_preconfigured(tls::pinned_name_config(name, tls.ca_cert.as_deref())?);
-        } else if let Some(path) = &tls.ca_cert {
-            builder = builder.tls_certs_only(read_certs(path)?);
+        } else if opts.address.scheme() == "https"
+            || tls.common_name.is_some()
+            || tls.ca_cert.is_some()
+        {
+            builder = builder.tls_backend_preconfigured(tls::client_config(
+                tls.ca_cert.as_deref(),
+                tls.common_name.as_deref(),
+            )?);
         }
         Ok(Client {
             http: builder.build().context("cannot build the HTTP client")?,
@@ -399,14 +401,6 @@ impl Client {
             TransportError::Other { address, detail }
         }
     }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<reqwest::Certificate>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-    Ok(certs)
 }
 
 /// Where a 307/308 points: the Location header (with an empty host read as

@@ -60,11 +60,12 @@ impl ServerCertVerifier for PinnedName {
     }
 }
 
-/// A rustls client config that trusts `ca_cert` (or the system's roots) and checks every
-/// server certificate against `name`.
-pub fn pinned_name_config(name: &str, ca_cert: Option<&Path>) -> Result<rustls::ClientConfig> {
-    let server_name = ServerName::try_from(name.to_string())
-        .map_err(|_| anyhow::anyhow!("--common-name {name:?} is not a DNS name or IP address"))?;
+/// The rustls client config for https: trusts `ca_cert` (or the system's roots) and checks
+/// every server certificate against `common_name`, or else against the host dialled.
+pub fn client_config(
+    ca_cert: Option<&Path>,
+    common_name: Option<&str>,
+) -> Result<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
     match ca_cert {
         Some(path) => {
@@ -86,19 +87,24 @@ pub fn pinned_name_config(name: &str, ca_cert: Option<&Path>) -> Result<rustls::
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let Some(name) = common_name else {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    };
+    let server_name = ServerName::try_from(name.to_string())
+        .map_err(|_| anyhow::anyhow!("--common-name {name:?} is not a DNS name or IP address"))?;
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .context("cannot build the certificate verifier")?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+    Ok(builder
         .dangerous() // a custom verifier, which still verifies everything
         .with_custom_certificate_verifier(Arc::new(PinnedName {
             inner,
             name: server_name,
         }))
-        .with_no_client_auth();
-    Ok(config)
+        .with_no_client_auth())
 }
 
 /// Adds what to do to a low-level TLS failure on `url`.
@@ -111,10 +117,21 @@ pub fn explain(url: &Url, detail: String) -> String {
             "{detail}: the server does not speak TLS on this port; use an http:// address"
         );
     }
-    if detail.contains("certificate") {
+    if let Some(why) = detail.strip_prefix("invalid peer certificate: ") {
+        // rustls prints the verifier's error as a Rust value; say it in words.
+        let why = if why.starts_with("UnknownIssuer") || why.contains("Signature") {
+            "it is not signed by a CA this client trusts".to_string()
+        } else if why.starts_with("NotValidForName") {
+            "it is not issued for the host in the address".to_string()
+        } else if why.starts_with("Expired") {
+            "it has expired".to_string()
+        } else {
+            why.to_string()
+        };
         return format!(
-            "{detail} (trust the server's CA with --cacert FILE; use --common-name NAME when \
-             the certificate is not issued for the host in the address)"
+            "the server's certificate is refused: {why} (trust the server's CA with \
+             --cacert FILE; use --common-name NAME when the certificate is not issued for the \
+             host in the address)"
         );
     }
     detail
@@ -132,14 +149,20 @@ mod tests {
         assert!(explain(&https, corrupt.clone()).contains("does not speak TLS"));
         assert_eq!(explain(&http, corrupt.clone()), corrupt);
         let untrusted = "invalid peer certificate: UnknownIssuer".to_string();
-        assert!(explain(&https, untrusted).contains("--cacert"));
+        let said = explain(&https, untrusted);
+        assert!(
+            said.contains("not signed by a CA") && said.contains("--cacert"),
+            "{said}"
+        );
+        let wrong_name = "invalid peer certificate: NotValidForNameContext { .. }".to_string();
+        assert!(explain(&https, wrong_name).contains("not issued for the host"));
         assert_eq!(explain(&https, "refused".into()), "refused");
     }
 
     #[test]
     fn rejects_bad_names_and_missing_files() {
-        assert!(pinned_name_config("a b", None).is_err());
-        let err = pinned_name_config("localhost", Some(Path::new("/nonexistent.pem")))
+        assert!(client_config(None, Some("a b")).is_err());
+        let err = client_config(Some(Path::new("/nonexistent.pem")), Some("localhost"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent.pem"), "{err}");

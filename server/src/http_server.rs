@@ -177,6 +177,14 @@ where
         } = self;
         let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(scheme);
+            // HTTP/2 clients send the host as :authority, not as a Host header; handlers
+            // that build URLs from the host (redirects to the leader) read the header.
+            if !req.headers().contains_key(http::header::HOST) {
+                let authority = req.uri().authority().map(|a| a.as_str().to_string());
+                if let Some(value) = authority.and_then(|a| a.parse().ok()) {
+                    req.headers_mut().insert(http::header::HOST, value);
+                }
+            }
             service.clone().call(req)
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -25,7 +25,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the TLS material cannot be used; each message names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {flag} {}: {source}", path.display())]
+    #[error("cannot read {flag} {}", path.display())]
     Read {
         flag: &'static str,
         path: PathBuf,
@@ -45,7 +45,13 @@ pub enum TlsError {
     )]
     NoCommonName(PathBuf),
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e)
+    }
 }
 
 /// The checked TLS material of this node.

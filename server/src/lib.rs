@@ -318,7 +318,11 @@ async fn join_until_member(
                 return;
             }
             Err(e) => {
-                let tls = peers.diagnose_tls(&peer).await;
+                // A refused certificate shows only as an unreachable peer.
+                let tls = match e {
+                    errors::Error::PeerUnavailable(_) => peers.diagnose_tls(&peer).await,
+                    _ => None,
+                };
                 let why = tls.map(|d| format!(" ({d})")).unwrap_or_default();
                 log::warn!("join through {peer} failed, retrying: {e}{why}")
             }

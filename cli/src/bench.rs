@@ -170,7 +170,7 @@ struct Plan {
 pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
     let pool = args.concurrency as usize;
     let timeout = base.timeout;
-    let ca_cert = base.ca_cert.clone();
+    let tls = base.tls.clone();
     let writer = Arc::new(Client::new(Options {
         pool_size: pool,
         ..base
@@ -182,7 +182,7 @@ pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
         readers.push(Arc::new(Client::new(Options {
             address,
             timeout,
-            ca_cert: ca_cert.clone(),
+            tls: tls.clone(),
             pool_size: pool,
         })?));
     }

@@ -28,8 +28,31 @@ pub struct Cli {
 
     /// PEM file of CA certificates to trust for https addresses, instead of
     /// the system's roots (e.g. for a self-signed server certificate).
-    #[arg(long, global = true, value_name = "FILE", alias = "certificate-file")]
+    #[arg(
+        long,
+        global = true,
+        env = "CETE_CACERT",
+        value_name = "FILE",
+        visible_alias = "cacert",
+        alias = "certificate-file"
+    )]
     pub ca_cert: Option<PathBuf>,
+
+    /// Name the server's certificate must be valid for, whatever host the
+    /// address (or a redirect) names, e.g. `localhost` for https://127.0.0.1:8000.
+    #[arg(
+        long,
+        global = true,
+        env = "CETE_COMMON_NAME",
+        value_name = "NAME",
+        alias = "cert-hostname"
+    )]
+    pub common_name: Option<String>,
+
+    /// Do not verify the server's certificate (for tests only: anyone in the
+    /// middle can read and change the traffic). No environment variable on purpose.
+    #[arg(long, global = true)]
+    pub insecure: bool,
 
     /// The original gRPC client flag. Refused: this CLI speaks REST.
     #[arg(long = "grpc-address", alias = "grpc-addr", global = true, hide = true)]

@@ -2,7 +2,6 @@
 //! the decoding of the server's error body.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::urls;
+use crate::{tls, urls};
 
 /// Redirect hops followed for one attempt before giving up.
 const MAX_HOPS: usize = 5;
@@ -28,10 +27,21 @@ pub struct Options {
     pub address: Url,
     /// Overall limit for one call, redirects and retries included.
     pub timeout: Duration,
-    /// PEM bundle to trust instead of the system roots (https only).
-    pub ca_cert: Option<std::path::PathBuf>,
+    /// How https addresses are verified.
+    pub tls: TlsOptions,
     /// Idle connections kept per host (the bench raises it).
     pub pool_size: usize,
+}
+
+/// How the server's certificate is checked on https addresses.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM bundle to trust instead of the system roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Name the certificate must be valid for, instead of the URL's host.
+    pub common_name: Option<String>,
+    /// No verification at all (tests only).
+    pub insecure: bool,
 }
 
 /// A request, with its body held as bytes so it can be re-sent on a redirect.
@@ -213,8 +223,17 @@ impl Client {
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .no_proxy()
             .user_agent(concat!("cete/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &opts.ca_cert {
-            builder = builder.tls_certs_only(read_certs(path)?);
+        let tls = &opts.tls;
+        if tls.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        } else if opts.address.scheme() == "https"
+            || tls.common_name.is_some()
+            || tls.ca_cert.is_some()
+        {
+            builder = builder.tls_backend_preconfigured(tls::client_config(
+                tls.ca_cert.as_deref(),
+                tls.common_name.as_deref(),
+            )?);
         }
         Ok(Client {
             http: builder.build().context("cannot build the HTTP client")?,
@@ -438,21 +457,13 @@ impl Client {
                 address,
             };
         }
-        let detail = root_cause(&e);
+        let detail = tls::explain(url, root_cause(&e));
         if e.is_connect() {
             TransportError::Connect { address, detail }
         } else {
             TransportError::Other { address, detail }
         }
     }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<reqwest::Certificate>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-    Ok(certs)
 }
 
 /// Where a 307/308 points: the Location header (with an empty host read as

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod client;
 mod commands;
+mod tls;
 mod urls;
 
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, SnapshotAction, SnapshotArgs};
-use crate::client::{ApiError, Client, Options, TransportError};
+use crate::client::{ApiError, Client, Options, TlsOptions, TransportError};
 use crate::commands::UsageError;
 
 fn main() -> ExitCode {
@@ -56,10 +57,20 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         let address = urls::normalize_address(&cli.address)
             .map_err(|e| UsageError(format!("--address: {e}")))?;
+        if cli.insecure {
+            eprintln!(
+                "warning: --insecure: the server's certificate is not verified; \
+                 use it for tests only"
+            );
+        }
         let options = Options {
             address,
             timeout: cli.timeout,
-            ca_cert: cli.ca_cert,
+            tls: TlsOptions {
+                ca_cert: cli.ca_cert,
+                common_name: cli.common_name,
+                insecure: cli.insecure,
+            },
             pool_size: 1,
         };
         match cli.command {

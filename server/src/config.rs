@@ -58,6 +58,24 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Backup file to start a new one-node cluster from (empty data directory only).
     pub restore: Option<PathBuf>,
+    /// TLS for the HTTP API and both gRPC listeners; `None` serves plain text.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Where the TLS material is, as configured; the files are read and checked at start
+/// (see [`crate::tls::TlsConfig::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this node (`--certificate-file`), leaf first.
+    pub certificate_file: PathBuf,
+    /// PEM private key of that certificate (`--key-file`).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that peers' certificates must chain to (`--ca-file`);
+    /// `None` trusts the certificate file itself (one self-signed certificate for all nodes).
+    pub ca_file: Option<PathBuf>,
+    /// Name peers' certificates must carry (`--common-name`); `None` takes the first DNS name
+    /// of this node's certificate.
+    pub common_name: Option<String>,
 }
 
 /// Command-line flags of `cete-server` (and `cete start`).
@@ -136,6 +154,21 @@ pub struct ServerArgs {
     /// directory must be empty; not with --peer-grpc-address [env: CETE_RESTORE]
     #[arg(long, value_name = "FILE")]
     pub restore: Option<String>,
+    /// PEM certificate (chain) of this node; turns on TLS for HTTP, Raft and peer gRPC
+    /// [env: CETE_CERTIFICATE_FILE]
+    #[arg(long, visible_alias = "cert-file", value_name = "PATH")]
+    pub certificate_file: Option<String>,
+    /// PEM private key of the certificate [env: CETE_KEY_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<String>,
+    /// PEM CA certificates that peers' certificates must chain to
+    /// [default: the certificate file] [env: CETE_CA_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<String>,
+    /// Name that peers' certificates must be valid for
+    /// [default: the first DNS name of the certificate] [env: CETE_COMMON_NAME]
+    #[arg(long, visible_alias = "cert-hostname", value_name = "NAME")]
+    pub common_name: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -217,7 +250,7 @@ impl fmt::Display for Source {
 
 /// Every setting, by its config file key. The flag is `--` plus the key in kebab case and the
 /// env var is `CETE_` plus the key in upper case (as in the original Cete).
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 21] = [
     "id",
     "raft_address",
     "grpc_address",
@@ -235,6 +268,10 @@ const KEYS: [&str; 17] = [
     "max_value_size",
     "watch_history",
     "restore",
+    "certificate_file",
+    "key_file",
+    "ca_file",
+    "common_name",
 ];
 
 fn flag_name(key: &str) -> String {
@@ -334,6 +371,10 @@ fn flag_layer(args: &ServerArgs) -> Layer {
         ("max_value_size", &args.max_value_size),
         ("watch_history", &args.watch_history),
         ("restore", &args.restore),
+        ("certificate_file", &args.certificate_file),
+        ("key_file", &args.key_file),
+        ("ca_file", &args.ca_file),
+        ("common_name", &args.common_name),
     ];
     given
         .into_iter()
@@ -519,11 +560,67 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
             parse_at_least(v, 1, "a whole number of revisions")
         })?
         .unwrap_or(crate::store::events::DEFAULT_WATCH_HISTORY),
+        tls: resolve_tls(raw)?,
         id,
         data_directory,
         config_file,
         restore,
     })
+}
+
+/// The TLS settings: none at all, or a certificate with its key (the CA file and common
+/// name only mean something with them). Empty values count as unset.
+fn resolve_tls(raw: &Layer) -> Result<Option<TlsSettings>, ConfigError> {
+    let path = |v: &str| Ok(Some(v).filter(|v| !v.is_empty()).map(PathBuf::from));
+    let certificate_file = setting(raw, "certificate_file", path)?.flatten();
+    let key_file = setting(raw, "key_file", path)?.flatten();
+    let ca_file = setting(raw, "ca_file", path)?.flatten();
+    let common_name = setting(raw, "common_name", parse_common_name)?.flatten();
+    let needs = |key: &'static str, what: &str| {
+        let given = raw.get(key).expect("checked by the caller");
+        ConfigError::InvalidValue {
+            key,
+            value: given.value.clone(),
+            expected: what.to_string(),
+            origin: given.source.clone(),
+        }
+    };
+    match (certificate_file, key_file) {
+        (Some(certificate_file), Some(key_file)) => Ok(Some(TlsSettings {
+            certificate_file,
+            key_file,
+            ca_file,
+            common_name,
+        })),
+        (Some(_), None) => Err(needs(
+            "certificate_file",
+            "a certificate needs its private key: set --key-file (CETE_KEY_FILE, key_file) too",
+        )),
+        (None, Some(_)) => Err(needs(
+            "key_file",
+            "a key needs its certificate: set --certificate-file (CETE_CERTIFICATE_FILE, \
+             certificate_file) too",
+        )),
+        (None, None) if ca_file.is_some() => Err(needs(
+            "ca_file",
+            "only meaningful with TLS: set --certificate-file and --key-file too",
+        )),
+        (None, None) if common_name.is_some() => Err(needs(
+            "common_name",
+            "only meaningful with TLS: set --certificate-file and --key-file too",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A DNS name or IP address that certificates are checked against; empty means "not set".
+fn parse_common_name(v: &str) -> Result<Option<String>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    rustls::pki_types::ServerName::try_from(v)
+        .map(|_| Some(v.to_string()))
+        .map_err(|_| "expected a DNS name or IP address".to_string())
 }
 
 /// Parses one raw setting if present; a failure names the setting and where it came from.
@@ -845,22 +942,65 @@ mod tests {
     }
 
     #[test]
-    fn tls_flags_are_rejected_for_now() {
+    fn tls_settings_from_every_source_and_both_spellings() {
         let w = World::new();
-        for flag in [
-            "--certificate-file=c.pem",
-            "--cert-file=c.pem",
-            "--key-file=k.pem",
-            "--common-name=localhost",
-            "--cert-hostname=localhost",
+        assert_eq!(w.load(&[]).unwrap().tls, None);
+        for flags in [
+            [
+                "--certificate-file=c.pem",
+                "--key-file=k.pem",
+                "--common-name=cete.test",
+            ],
+            [
+                "--cert-file=c.pem",
+                "--key-file=k.pem",
+                "--cert-hostname=cete.test",
+            ],
         ] {
-            match w.load(&[flag]) {
-                Err(ConfigError::Args(e)) => {
-                    assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{flag}")
-                }
-                other => panic!("{flag}: {other:?}"),
-            }
+            let tls = w.load(&flags).unwrap().tls.unwrap();
+            assert_eq!(tls.certificate_file, Path::new("c.pem"));
+            assert_eq!(tls.key_file, Path::new("k.pem"));
+            assert_eq!(tls.ca_file, None);
+            assert_eq!(tls.common_name.as_deref(), Some("cete.test"));
         }
+        let w = World::new()
+            .file(
+                "etc/cete.yaml",
+                "certificate_file: f.pem\nca_file: ca.pem\n",
+            )
+            .env("CETE_KEY_FILE", "e.pem")
+            .env("CETE_COMMON_NAME", "127.0.0.1");
+        let tls = w.load(&[]).unwrap().tls.unwrap();
+        assert_eq!(
+            (tls.certificate_file, tls.key_file, tls.ca_file),
+            ("f.pem".into(), "e.pem".into(), Some("ca.pem".into()))
+        );
+        assert_eq!(tls.common_name.as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn incomplete_tls_settings_name_the_missing_flag() {
+        let w = World::new();
+        let err = w.load(&["--cert-file=c.pem"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--certificate-file") && err.contains("--key-file"),
+            "{err}"
+        );
+        let err = w.load(&["--key-file=k.pem"]).unwrap_err().to_string();
+        assert!(err.contains("--certificate-file"), "{err}");
+        let err = w.load(&["--ca-file=ca.pem"]).unwrap_err().to_string();
+        assert!(err.contains("--ca-file") && err.contains("TLS"), "{err}");
+        let err = World::new()
+            .env("CETE_COMMON_NAME", "x")
+            .load(&[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CETE_COMMON_NAME"), "{err}");
+        let err = w
+            .load(&["--cert-file=c", "--key-file=k", "--common-name=a b"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DNS name or IP address"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod errors;
 pub mod faults;
+pub mod http_server;
 pub mod logging;
 pub mod metrics;
 pub mod node;
@@ -123,6 +124,14 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     raise_open_file_limit();
     faults::announce();
+    let tls = match config.tls.clone() {
+        Some(settings) => Some(
+            tokio::task::spawn_blocking(move || tls::TlsConfig::load(&settings))
+                .await
+                .context("loading TLS files")??,
+        ),
+        None => None,
+    };
     let raft_listener = bind("--raft-address", &config.raft_address).await?;
     let grpc_listener = bind("--grpc-address", &config.grpc_address).await?;
     let http_listener = bind("--http-address", &config.http_address).await?;
@@ -178,7 +187,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         .map_or(0, |l| l.index);
     let state_machine = state_machine.with_watch_history(config.watch_history);
     let reader = state_machine.reader();
-    let pool = ChannelPool::new(tls::ClientTls::default());
+    let pool = ChannelPool::new(tls::ClientTls::new(tls.as_ref()));
     let raft = openraft::Raft::new(
         id,
         Arc::new(raft_config(&config)?),
@@ -205,7 +214,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = Vec::new();
-    let raft_server = tonic::transport::Server::builder()
+    let raft_server = grpc_server(tls.as_ref())?
         .add_service(
             proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(256 << 20),
@@ -219,7 +228,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             log::error!("raft listener failed: {e}");
         }
     }));
-    let peer_server = tonic::transport::Server::builder()
+    let peer_server = grpc_server(tls.as_ref())?
         .add_service(proto::peer::peer_server::PeerServer::new(PeerService::new(
             node.clone(),
         )))
@@ -232,10 +241,16 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             log::error!("peer listener failed: {e}");
         }
     }));
-    servers.push(tokio::spawn(serve_http(
+    let https = match &tls {
+        Some(tls) => Some(tls.http_server_config()?),
+        None => None,
+    };
+    servers.push(tokio::spawn(http_server::serve(
         http_listener,
-        node.clone(),
-        stopped(shutdown_rx.clone()),
+        https,
+        warp::service(api::routes(node.clone())),
+        http_server::Limits::default(),
+        shutdown_rx.clone(),
     )));
 
     let peer = config
@@ -278,8 +293,12 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         (true, None) => {}
     }
     log::info!(
-        "node {} up: raft {raft_addr}, grpc {grpc_addr}, http {http_addr}, data {}",
+        "node {} up: raft {raft_addr}, grpc {grpc_addr}, {} {http_addr}, data {}",
         info.name,
+        match &tls {
+            Some(tls) => format!("TLS (common name {}), https", tls.server_name),
+            None => "http".to_string(),
+        },
         config.data_directory.display()
     );
     Ok(NodeHandle {
@@ -334,60 +353,6 @@ pub async fn run(
     }
 }
 
-// ---- HTTP accept loop: timeouts for slow clients (issue 4, bad input) ----
-// warp's own `serve` builds its connections with no timer, so a client that
-// sends half a request line and waits holds its connection (and a task) for
-// ever. This loop is warp's, plus a header-read timeout; the body side is
-// bounded in `api::limited_body`. Meant to be folded into the shared HTTP
-// server module.
-
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves the HTTP API on `listener` until `stop` resolves, then lets
-/// in-flight requests finish.
-async fn serve_http(
-    listener: TcpListener,
-    node: Arc<Cete>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let service = warp::service(api::routes(node));
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off rather than spin.
-                    log::warn!("http accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(service.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("http connection ended: {e}");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
 /// Raises the soft limit on open files to the hard limit: every client
 /// connection is a file descriptor, and the usual soft limit (1024) is far
 /// below what a busy node needs.
@@ -419,6 +384,17 @@ pub fn raise_open_file_limit() {
             "cannot raise the open-file limit from {old}: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// A gRPC server builder, with TLS (peers must present a trusted certificate) if configured.
+fn grpc_server(tls: Option<&tls::TlsConfig>) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls.grpc_server_config())
+            .context("configuring TLS for gRPC"),
+        None => Ok(builder),
     }
 }
 
@@ -469,7 +445,15 @@ async fn join_until_member(
                 log::info!("joined the cluster through {peer}");
                 return;
             }
-            Err(e) => log::warn!("join through {peer} failed, retrying: {e}"),
+            Err(e) => {
+                // A refused certificate shows only as an unreachable peer.
+                let tls = match e {
+                    errors::Error::PeerUnavailable(_) => peers.diagnose_tls(&peer).await,
+                    _ => None,
+                };
+                let why = tls.map(|d| format!(" ({d})")).unwrap_or_default();
+                log::warn!("join through {peer} failed, retrying: {e}{why}")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

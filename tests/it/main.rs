@@ -11,4 +11,5 @@ mod linearizability;
 mod metrics;
 mod robustness;
 mod single_node;
+mod tls;
 mod watch;

@@ -75,7 +75,15 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Global options that take a value and may stand before `start`.
-const GLOBAL_WITH_VALUE: [&str; 4] = ["--address", "--timeout", "--ca-cert", "--certificate-file"];
+const GLOBAL_WITH_VALUE: [&str; 7] = [
+    "--address",
+    "--timeout",
+    "--ca-cert",
+    "--cacert",
+    "--certificate-file",
+    "--common-name",
+    "--cert-hostname",
+];
 
 /// The raw arguments after `start` when it is the subcommand (possibly after
 /// global options); then clap is bypassed so that every flag, `--help` and

@@ -14,6 +14,7 @@ use warp::filters::path::FullPath;
 use warp::{Filter, Rejection, Reply};
 
 use crate::errors::LeaderHint;
+use crate::http_server::Scheme;
 use crate::node::{Cete, Consistency};
 use error::ApiError;
 
@@ -86,11 +87,15 @@ pub(crate) fn request_target() -> impl Filter<Extract = (RequestTarget,), Error 
     warp::path::full()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::optional::<String>("host"))
+        .and(warp::ext::optional::<Scheme>())
         .map(
-            |path: FullPath, query: String, host: Option<String>| RequestTarget {
-                path: path.as_str().to_string(),
-                query,
-                host,
+            |path: FullPath, query: String, host: Option<String>, scheme: Option<Scheme>| {
+                RequestTarget {
+                    path: path.as_str().to_string(),
+                    query,
+                    host,
+                    https: scheme.is_some_and(|s| s.https),
+                }
             },
         )
 }
@@ -100,6 +105,8 @@ pub(crate) struct RequestTarget {
     path: String,
     query: String,
     host: Option<String>,
+    /// Came in over TLS: the leader speaks HTTPS too (TLS is cluster-wide).
+    https: bool,
 }
 
 impl RequestTarget {
@@ -122,7 +129,8 @@ impl RequestTarget {
         } else {
             format!("?{}", self.query)
         };
-        format!("http://{address}{}{query}", self.path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{address}{}{query}", self.path)
     }
 }
 
@@ -228,6 +236,7 @@ mod tests {
             path: "/v1/data/a/b".into(),
             query: "consistency=stale".into(),
             host: Some("example.org:8000".into()),
+            https: false,
         };
         let hint = LeaderHint {
             id: "node2".into(),
@@ -247,5 +256,13 @@ mod tests {
             "http://10.0.0.2:8000/v1/data/a/b?consistency=stale"
         );
         assert_eq!(strip_port("[::1]:8000"), "[::1]");
+        let https = RequestTarget {
+            https: true,
+            ..target
+        };
+        assert_eq!(
+            https.on_leader(&hint),
+            "https://10.0.0.2:8000/v1/data/a/b?consistency=stale"
+        );
     }
 }

@@ -38,6 +38,11 @@ impl ChannelPool {
         }
     }
 
+    /// Why TLS with `address` fails, if it does (see [`ClientTls::diagnose`]).
+    pub async fn diagnose_tls(&self, address: &str) -> Option<String> {
+        self.tls.diagnose(address).await
+    }
+
     /// A channel to `address` (`host:port`, or `:port` for this host).
     pub fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("pool lock is never poisoned");

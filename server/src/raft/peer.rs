@@ -118,6 +118,11 @@ impl PeerClient {
         }
     }
 
+    /// Why TLS with the peer at `address` fails, if it does: to explain a failed call.
+    pub async fn diagnose_tls(&self, address: &str) -> Option<String> {
+        self.pool.diagnose_tls(address).await
+    }
+
     /// Who the node at `address` is, and its Raft state as it reports it.
     pub async fn node_info(&self, address: &str) -> Result<(NodeInfo, String)> {
         let mut request = Request::new(NodeInfoRequest {});

@@ -749,7 +749,9 @@ async fn thousands_of_connections_are_served_with_bounded_memory() {
                     if n == 0 && resp.status == 201 {
                         stored = true;
                     }
-                    if n == 1 && stored && resp.body != key.as_bytes() {
+                    // A read refused under load (503) is checked below, with
+                    // every acknowledged key, once the load is gone.
+                    if n == 1 && stored && resp.status == 200 && resp.body != key.as_bytes() {
                         return Err(format!("{key}: read back {text:?}"));
                     }
                     statuses.push(resp.status);

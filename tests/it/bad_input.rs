@@ -744,6 +744,13 @@ async fn thousands_of_connections_are_served_with_bounded_memory() {
                         503 => {
                             assert_error_body(&text, &["NoLeader", "Timeout", "StorageUnavailable", "ShuttingDown", "Overloaded"], &key);
                         }
+                        // Overload on a small shared box: a write that did not
+                        // commit within the server's deadline is reported
+                        // unknown, which is a clear answer; it is not counted
+                        // as acknowledged.
+                        504 => {
+                            assert_error_body(&text, &["OutcomeUnknown", "Timeout"], &key);
+                        }
                         other => return Err(format!("{key}: request {n}: {other} {text}")),
                     }
                     if n == 0 && resp.status == 201 {
@@ -768,7 +775,7 @@ async fn thousands_of_connections_are_served_with_bounded_memory() {
             for result in results {
                 match result {
                     Ok((key, stored, statuses)) => {
-                        unavailable += statuses.iter().filter(|s| **s == 503).count();
+                        unavailable += statuses.iter().filter(|s| **s == 503 || **s == 504).count();
                         if stored {
                             acknowledged.push(key);
                         }
@@ -801,7 +808,7 @@ async fn thousands_of_connections_are_served_with_bounded_memory() {
             let after = rss_kib(pid);
             println!(
                 "round {round}: {CONNECTIONS} connections x 3 requests: connected in {:?}, all answered in {elapsed:?}; \
-                 {} writes acknowledged, {unavailable} answers were 503; server RSS before {} MiB, peak {} MiB, after {} MiB",
+                 {} writes acknowledged, {unavailable} answers were 503 or 504; server RSS before {} MiB, peak {} MiB, after {} MiB",
                 connected - started,
                 acknowledged.len(),
                 before / 1024,

@@ -313,11 +313,12 @@ impl Cete {
         let membership = m.membership_config.membership();
         let member = membership.get_node(&self.id).is_some();
         let voter = membership.voter_ids().any(|id| id == self.id);
-        let ever_joined = m.membership_config.log_id().is_some();
         let removed = self.removed.load(Ordering::SeqCst);
         let member = member && !removed;
         let voter = voter && !removed;
-        let state = if removed || (!member && ever_joined) {
+        // Not being in the membership is not removal by itself: a joining node
+        // catches up through configurations from before its join.
+        let state = if removed {
             "Removed"
         } else {
             state_name(m.state)

@@ -7,26 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{assert_error_body, bounded, Cluster, NodeProc};
+use crate::harness::{assert_error_body, bounded, single_node, Cluster, NodeProc};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
-const READY: Duration = Duration::from_secs(30);
-
-/// A started, ready single node in its own temp dir (node dropped first).
-async fn single(extra: &[&str]) -> (TempDir, NodeProc) {
-    let dir = tempfile::Builder::new()
-        .prefix("cete-it-")
-        .tempdir()
-        .expect("tempdir");
-    let mut node = NodeProc::new("node1", dir.path(), None, extra);
-    node.start();
-    node.wait_ready(READY).await;
-    (dir, node)
-}
 
 /// Writes a known set of keys; [`verify_seed`] checks them later.
 async fn seed(client: &reqwest::Client, node: &NodeProc) -> Vec<(String, Vec<u8>)> {
@@ -239,7 +225,7 @@ fn not_allowed(what: &'static str, method: &str, path: &str, allow: &'static str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_requests_get_clear_errors() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&["--max-value-size", "1024"]).await;
+        let (_dir, node) = single_node(&["--max-value-size", "1024"]).await;
         let client = Cluster::client();
         let seeded = seed(&client, &node).await;
         let join = |body: &str| request("PUT", "/v1/cluster/node2", &[], body.as_bytes());
@@ -537,7 +523,7 @@ async fn wait_closed(stream: &mut TcpStream, deadline: Duration) -> Result<Vec<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_clients_are_cut_off_while_others_are_served() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let client = Cluster::client();
         let seeded = seed(&client, &node).await;
         let port = node.http_port;
@@ -689,7 +675,7 @@ async fn thousands_of_connections_are_served_with_bounded_memory() {
             "the test needs {} open files; the hard limit is {own_limit}",
             CONNECTIONS + 200
         );
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let pid = node.pid().expect("running");
         let (soft, hard) = nofile_limits(pid);
         assert_eq!(soft, hard, "the server raises its soft open-file limit to the hard one");

@@ -628,3 +628,16 @@ pub fn assert_error_body(text: &str, codes: &[&str], what: &str) -> serde_json::
     );
     body
 }
+
+/// A started, ready single node `node1` in its own temp dir. Bind the pair
+/// in this order: the node is dropped (killed) before the directory goes.
+pub async fn single_node(extra: &[&str]) -> (tempfile::TempDir, NodeProc) {
+    let dir = tempfile::Builder::new()
+        .prefix("cete-it-")
+        .tempdir()
+        .expect("tempdir");
+    let mut node = NodeProc::new("node1", dir.path(), None, extra);
+    node.start();
+    node.wait_ready(Duration::from_secs(30)).await;
+    (dir, node)
+}

@@ -11,25 +11,13 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-use crate::harness::{assert_error_body, bounded, run_cli, wait_until, Cluster, NodeProc};
+use crate::harness::{
+    assert_error_body, bounded, run_cli, single_node, wait_until, Cluster, NodeProc,
+};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const READY: Duration = Duration::from_secs(30);
-
-/// A started, ready single node in its own temp dir. The node is declared
-/// second so it is dropped (killed) before the directory is removed.
-async fn single(extra: &[&str]) -> (TempDir, NodeProc) {
-    let dir = tempfile::Builder::new()
-        .prefix("cete-it-")
-        .tempdir()
-        .expect("tempdir");
-    let mut node = NodeProc::new("node1", dir.path(), None, extra);
-    node.start();
-    node.wait_ready(READY).await;
-    (dir, node)
-}
 
 /// Asserts the response is an error with `status` and the one JSON error shape
 /// `{"error": {"code": code, "message": "..."}}`; returns the body.
@@ -113,7 +101,7 @@ fn header(resp: &reqwest::Response, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_get_head_delete_roundtrip() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let client = Cluster::client();
         let url = node.url("/v1/data/greeting");
 
@@ -218,7 +206,7 @@ async fn put_get_head_delete_roundtrip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_with_slashes_escapes_and_binary_values() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let client = Cluster::client();
 
         put(&client, &node, "a/b/c", "abc").await;
@@ -312,7 +300,7 @@ async fn keys_with_slashes_escapes_and_binary_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn list_prefix_limit_and_pagination() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let client = Cluster::client();
         for i in 0..25 {
             put(
@@ -434,7 +422,7 @@ async fn list_prefix_limit_and_pagination() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conditional_writes() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let client = Cluster::client();
         let url = node.url("/v1/data/cas");
 
@@ -570,7 +558,7 @@ async fn conditional_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn documented_errors_and_status_endpoints() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&["--max-value-size", "1024"]).await;
+        let (_dir, node) = single_node(&["--max-value-size", "1024"]).await;
         let client = Cluster::client();
         let send = |method: Method, path: &str| client.request(method, node.url(path)).send();
 
@@ -856,7 +844,7 @@ async fn documented_errors_and_status_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_bodies_without_content_length() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&["--max-value-size", "1024"]).await;
+        let (_dir, node) = single_node(&["--max-value-size", "1024"]).await;
         let client = Cluster::client();
         let chunked = |parts: Vec<Vec<u8>>| {
             reqwest::Body::wrap_stream(futures::stream::iter(
@@ -965,7 +953,7 @@ async fn sigterm_right_after_start_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_json_reports_log_progress() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, node) = single(&[]).await;
+        let (_dir, node) = single_node(&[]).await;
         let client = Cluster::client();
         put(&client, &node, "k", "v").await;
         let body = json_body(
@@ -998,7 +986,7 @@ fn describe(out: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_data_and_status_commands() {
     bounded(TEST_TIMEOUT, async {
-        let (dir, node) = single(&[]).await;
+        let (dir, node) = single_node(&[]).await;
         let client = Cluster::client();
 
         let out = run_cli(&node, &["set", "k", "v"], None);
@@ -1109,7 +1097,7 @@ async fn cli_data_and_status_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_keeps_data_after_sigterm_and_sigkill() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, mut node) = single(&[]).await;
+        let (_dir, mut node) = single_node(&[]).await;
         let client = Cluster::client();
         for i in 0..100 {
             put(
@@ -1164,7 +1152,7 @@ async fn restart_keeps_data_after_sigterm_and_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_writes_loses_no_acknowledged_write() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, mut node) = single(&[]).await;
+        let (_dir, mut node) = single_node(&[]).await;
         let client = Cluster::client();
         let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -1240,7 +1228,7 @@ fn snap_files(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_then_restart_keeps_live_keys_only() {
     bounded(TEST_TIMEOUT, async {
-        let (_dir, mut node) = single(&["--snapshot-threshold", "50"]).await;
+        let (_dir, mut node) = single_node(&["--snapshot-threshold", "50"]).await;
         let client = Cluster::client();
         for i in 0..300 {
             put(&client, &node, &format!("snap/{i:03}"), format!("v{i}")).await;
@@ -1467,7 +1455,7 @@ async fn log_file_rotates_with_backups_and_gzip() {
         let logs = tempfile::Builder::new().prefix("cete-it-logs-").tempdir().unwrap();
         let log = logs.path().join("cete.log");
         let log_arg = log.to_str().unwrap().to_string();
-        let (_dir, node) = single(&[
+        let (_dir, node) = single_node(&[
             "--log-file",
             &log_arg,
             "--log-max-size",

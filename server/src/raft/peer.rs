@@ -58,6 +58,19 @@ fn error_to_reply(err: &Error) -> ChangeReply {
     }
 }
 
+/// A membership-change reply as a result.
+fn change_result(reply: ChangeReply) -> Result<()> {
+    if reply.error_code.is_empty() {
+        return Ok(());
+    }
+    Err(reply_to_error(
+        &reply.error_code,
+        reply.error_message,
+        reply.leader_id,
+        reply.leader_grpc_address,
+    ))
+}
+
 /// The message to send for `err`: the payload only, as `reply_to_error`
 /// puts it back into the same variant, whose Display adds the wording once.
 fn error_payload(err: &Error) -> String {
@@ -215,16 +228,7 @@ impl PeerClient {
             .await
             .map_err(|s| Self::status_error(address, s))?
             .into_inner();
-        if reply.error_code.is_empty() {
-            Ok(())
-        } else {
-            Err(reply_to_error(
-                &reply.error_code,
-                reply.error_message,
-                reply.leader_id,
-                reply.leader_grpc_address,
-            ))
-        }
+        change_result(reply)
     }
 
     /// The latest membership the node at `address` knows: its log index and
@@ -252,16 +256,7 @@ impl PeerClient {
             .await
             .map_err(|s| Self::status_error(address, s))?
             .into_inner();
-        if reply.error_code.is_empty() {
-            Ok(())
-        } else {
-            Err(reply_to_error(
-                &reply.error_code,
-                reply.error_message,
-                reply.leader_id,
-                reply.leader_grpc_address,
-            ))
-        }
+        change_result(reply)
     }
 }
 

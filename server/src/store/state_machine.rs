@@ -349,16 +349,7 @@ pub(crate) fn restore_from_backup(
     membership: StoredMembership,
 ) -> Result<u64, SnapshotError> {
     let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
-    let mut batch = WriteBatch::default();
-    let (_, records) = snapshot::read(path, |key, raw| {
-        batch.put_cf(db.cf(CF_DATA), key, raw);
-        if batch.size_in_bytes() > 8 << 20 {
-            db.rocks()
-                .write(std::mem::take(&mut batch))
-                .map_err(rocks_err)?;
-        }
-        Ok(())
-    })?;
+    let (mut batch, records) = load_snapshot_data(db, path)?;
     batch.put_cf(
         db.cf(CF_META),
         KEY_LAST_APPLIED,
@@ -402,6 +393,24 @@ fn record_current_snapshot(db: &Db, batch: &mut WriteBatch, meta: &SnapshotMeta,
 /// (already named `file` inside the snapshot directory). Crash-safe: the
 /// pending mark is set first and cleared in the last batch, and `open`
 /// finishes an interrupted install.
+/// Writes the data of the snapshot file at `path` into the data column
+/// family in bounded batches; returns the last batch, still to be written
+/// (the caller adds its metadata to it), and the number of keys.
+fn load_snapshot_data(db: &Db, path: &Path) -> Result<(WriteBatch, u64), SnapshotError> {
+    let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
+    let mut batch = WriteBatch::default();
+    let (_, records) = snapshot::read(path, |key, raw| {
+        batch.put_cf(db.cf(CF_DATA), key, raw);
+        if batch.size_in_bytes() > 8 << 20 {
+            db.rocks()
+                .write(std::mem::take(&mut batch))
+                .map_err(rocks_err)?;
+        }
+        Ok(())
+    })?;
+    Ok((batch, records))
+}
+
 fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotMeta, SnapshotError> {
     let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
     let (meta, records) = snapshot::verify(path)?;
@@ -419,16 +428,7 @@ fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotMeta, Snapsh
     db.rocks()
         .delete_range_cf(db.cf(CF_DATA), Vec::<u8>::new(), key_space_end())
         .map_err(rocks_err)?;
-    let mut batch = WriteBatch::default();
-    snapshot::read(path, |key, raw| {
-        batch.put_cf(db.cf(CF_DATA), key, raw);
-        if batch.size_in_bytes() > 8 << 20 {
-            db.rocks()
-                .write(std::mem::take(&mut batch))
-                .map_err(rocks_err)?;
-        }
-        Ok(())
-    })?;
+    let (mut batch, _) = load_snapshot_data(db, path)?;
     batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&meta.last_log_id));
     batch.put_cf(
         db.cf(CF_META),

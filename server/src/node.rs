@@ -14,6 +14,7 @@ use openraft::{ChangeMembers, ServerState};
 use crate::errors::{Error, LeaderHint, Result};
 use crate::raft::network::ChannelPool;
 use crate::raft::peer::PeerClient;
+use crate::raft::read_batch::ReadBatcher;
 use crate::raft::typ::{CheckIsLeaderError, Raft, RaftMetrics};
 use crate::raft::{node_id_of, Command, CommandResult, NodeId, NodeInfo};
 use crate::store::events::{WatchError, Watcher};
@@ -70,10 +71,21 @@ pub struct Cete {
     data_directory: PathBuf,
     /// Set once this node learns it was removed from the cluster.
     removed: AtomicBool,
+    /// Shares leadership confirmations among concurrent linearizable reads.
+    read_batch: std::sync::Arc<ReadBatcher<ReadIndex>>,
     /// Set when the node must be started again in place (see `Restart`).
     restart: tokio::sync::watch::Sender<Option<Restart>>,
     /// This node's Prometheus series (see `crate::metrics`).
     pub prometheus: crate::metrics::Metrics,
+}
+
+/// What one leadership confirmation gave, shared by the reads it serves.
+#[derive(Debug, Clone, Copy)]
+enum ReadIndex {
+    At(u64),
+    NotLeader,
+    NoQuorum,
+    Stopped,
 }
 
 /// Why a running node asks its runner to stop it and start it again.
@@ -124,6 +136,7 @@ impl Cete {
             data_directory,
             removed: AtomicBool::new(false),
             restart: tokio::sync::watch::channel(None).0,
+            read_batch: ReadBatcher::new(),
             id: node_id_of(&info.name),
             info,
             raft,
@@ -235,16 +248,35 @@ impl Cete {
 
     /// Serves as leader for a read (its own or a follower's): confirms
     /// leadership with a quorum and returns the index to wait for.
+    /// Concurrent reads share confirmation rounds (see `read_batch`).
     pub async fn leader_read_index(&self) -> Result<u64> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(self.not_leader())
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
-                Error::Timeout("the leader could not confirm its leadership with a quorum".into()),
-            ),
-            Err(RaftError::Fatal(_)) => Err(self.storage_failure().unwrap_or(Error::ShuttingDown)),
+        let raft = self.raft.clone();
+        let outcome = self
+            .read_batch
+            .run(move || {
+                let raft = raft.clone();
+                async move {
+                    match raft.get_read_log_id().await {
+                        Ok((read, _)) => ReadIndex::At(read.map_or(0, |l| l.index)),
+                        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                            ReadIndex::NotLeader
+                        }
+                        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                            ReadIndex::NoQuorum
+                        }
+                        Err(RaftError::Fatal(_)) => ReadIndex::Stopped,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(ReadIndex::Stopped);
+        match outcome {
+            ReadIndex::At(index) => Ok(index),
+            ReadIndex::NotLeader => Err(self.not_leader()),
+            ReadIndex::NoQuorum => Err(Error::Timeout(
+                "the leader could not confirm its leadership with a quorum".into(),
+            )),
+            ReadIndex::Stopped => Err(self.storage_failure().unwrap_or(Error::ShuttingDown)),
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod network;
 pub mod peer;
+pub mod read_batch;
 pub mod service;
 
 use std::fmt;

@@ -11,7 +11,7 @@ pub struct LeaderHint {
     pub grpc_address: String,
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum Error {
     #[error("this node is not the leader; the leader is {}", .0.id)]
     NotLeader(LeaderHint),

@@ -73,10 +73,28 @@ pub struct Cete {
     removed: AtomicBool,
     /// Shares leadership confirmations among concurrent linearizable reads.
     read_batch: std::sync::Arc<ReadBatcher<ReadIndex>>,
+    /// Shares ReadIndex calls to the leader among concurrent follower reads.
+    follower_read_batch: std::sync::Arc<ReadBatcher<Result<u64>>>,
     /// Set when the node must be started again in place (see `Restart`).
     restart: tokio::sync::watch::Sender<Option<Restart>>,
     /// This node's Prometheus series (see `crate::metrics`).
     pub prometheus: crate::metrics::Metrics,
+}
+
+/// The current leader's addresses as `raft` knows them, if any.
+fn leader_hint_of(raft: &Raft) -> Option<LeaderHint> {
+    let metrics = raft.metrics().borrow().clone();
+    let leader = metrics.current_leader?;
+    let node = metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)?
+        .clone();
+    Some(LeaderHint {
+        id: node.name,
+        http_address: node.http_address,
+        grpc_address: node.grpc_address,
+    })
 }
 
 /// What one leadership confirmation gave, shared by the reads it serves.
@@ -137,6 +155,7 @@ impl Cete {
             removed: AtomicBool::new(false),
             restart: tokio::sync::watch::channel(None).0,
             read_batch: ReadBatcher::new(),
+            follower_read_batch: ReadBatcher::new(),
             id: node_id_of(&info.name),
             info,
             raft,
@@ -157,18 +176,7 @@ impl Cete {
 
     /// The current leader's addresses, if one is known.
     pub fn leader_hint(&self) -> Option<LeaderHint> {
-        let metrics = self.metrics();
-        let leader = metrics.current_leader?;
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .clone();
-        Some(LeaderHint {
-            id: node.name,
-            http_address: node.http_address,
-            grpc_address: node.grpc_address,
-        })
+        leader_hint_of(&self.raft)
     }
 
     fn not_leader(&self) -> Error {
@@ -241,7 +249,23 @@ impl Cete {
     /// leads, else from the leader over gRPC.
     async fn read_index(&self) -> Result<u64> {
         match self.leader_read_index().await {
-            Err(Error::NotLeader(hint)) => self.peers.read_index(&hint.grpc_address).await,
+            Err(Error::NotLeader(_)) => {
+                // One ReadIndex call serves every read queued before it was
+                // sent: the leader confirms its leadership after receiving it.
+                let (raft, peers) = (self.raft.clone(), self.peers.clone());
+                self.follower_read_batch
+                    .run(move || {
+                        let (raft, peers) = (raft.clone(), peers.clone());
+                        async move {
+                            match leader_hint_of(&raft) {
+                                Some(leader) => peers.read_index(&leader.grpc_address).await,
+                                None => Err(Error::NoLeader),
+                            }
+                        }
+                    })
+                    .await
+                    .unwrap_or(Err(Error::ShuttingDown))
+            }
             other => other,
         }
     }

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{
-    bounded, clean_env, cli_bin, run_cli, server_bin, wait_until, Cluster, NodeProc,
+    bounded, clean_env, cli_bin, run_cli, run_server_to_exit, wait_output, wait_until, Cluster,
+    NodeProc,
 };
 
 /// One acknowledged write: key, value (`None` for a delete) and its revision.
@@ -99,37 +100,6 @@ async fn node_state(node: &NodeProc, consistency: &str) -> BTreeMap<String, (Str
         state.insert(key, (value, revision));
     }
     state
-}
-
-/// Runs `cete-server ARGS` that is expected to stop by itself; kills it
-/// (and fails) if it still runs after 30 s.
-fn run_server_to_exit(args: &[&str], cwd: &Path) -> Output {
-    let mut cmd = Command::new(server_bin());
-    cmd.args(args)
-        .args(["--log-level", "off"])
-        .current_dir(cwd)
-        .env("HOME", cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    clean_env(&mut cmd);
-    wait_output(cmd.spawn().expect("spawn cete-server"), "cete-server")
-}
-
-fn wait_output(mut child: std::process::Child, what: &str) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "{what} did not stop within 30s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("wait")
 }
 
 /// The only non-empty stderr line of a failed run.

@@ -111,6 +111,20 @@ async fn read_key(
     }
 }
 
+/// Waits until `node` says on `/v1/node` that it was removed.
+async fn wait_removed(client: &reqwest::Client, node: &NodeProc) {
+    let url = node.url("/v1/node");
+    let what = format!("{} reports state Removed", node.name);
+    wait_until(SETTLE, &what, || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            (body["node"]["state"] == "Removed" && body["node"]["member"] == false).then_some(())
+        }
+    })
+    .await;
+}
+
 /// The member names in a `/v1/cluster` document.
 fn member_names(cluster: &Value) -> BTreeSet<String> {
     cluster["cluster"]["nodes"]
@@ -720,17 +734,7 @@ async fn join_and_leave_via_rest_and_cli() {
         .await;
         leader_idx = index_of(&cluster, &leader);
         // node3 learns of its removal, says so, and stops taking part.
-        let node3_url = cluster.nodes[2].url("/v1/node");
-        wait_until(SETTLE, "node3 reports state Removed", || {
-            let client = client.clone();
-            let url = node3_url.clone();
-            async move {
-                let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-                (body["node"]["state"] == "Removed" && body["node"]["member"] == false)
-                    .then_some(())
-            }
-        })
-        .await;
+        wait_removed(&client, &cluster.nodes[2]).await;
         cluster.nodes[2].terminate();
         let remaining = [&cluster.nodes[0], &cluster.nodes[1]];
 
@@ -1219,21 +1223,7 @@ async fn node_removed_while_down_stops_when_back() {
         assert_eq!(status, 200, "DELETE {victim_name}: {text}");
 
         cluster.nodes[victim].start();
-        let url = cluster.nodes[victim].url("/v1/node");
-        wait_until(
-            SETTLE,
-            "the node removed while down reports Removed",
-            || {
-                let client = client.clone();
-                let url = url.clone();
-                async move {
-                    let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-                    (body["node"]["state"] == "Removed" && body["node"]["member"] == false)
-                        .then_some(())
-                }
-            },
-        )
-        .await;
+        wait_removed(&client, &cluster.nodes[victim]).await;
         let survivors: Vec<&NodeProc> = (0..3)
             .filter(|i| *i != victim)
             .map(|i| &cluster.nodes[i])

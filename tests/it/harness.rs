@@ -641,3 +641,34 @@ pub async fn single_node(extra: &[&str]) -> (tempfile::TempDir, NodeProc) {
     node.wait_ready(Duration::from_secs(30)).await;
     (dir, node)
 }
+
+/// Runs `cete-server ARGS` that is expected to stop by itself; kills it
+/// (and fails) if it still runs after 30 s.
+pub fn run_server_to_exit(args: &[&str], cwd: &Path) -> std::process::Output {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(args)
+        .args(["--log-level", "off"])
+        .current_dir(cwd)
+        .env("HOME", cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    clean_env(&mut cmd);
+    wait_output(cmd.spawn().expect("spawn cete-server"), "cete-server")
+}
+
+pub fn wait_output(mut child: Child, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "{what} did not stop within 30s; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}

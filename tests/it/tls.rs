@@ -18,7 +18,7 @@ use rcgen::{
 use serde_json::Value;
 
 use crate::harness::{
-    assert_error_body, bounded, clean_env, cli_bin, server_bin, wait_until, NodeProc,
+    assert_error_body, bounded, clean_env, cli_bin, run_server_to_exit, wait_until, NodeProc,
 };
 
 const NAME: &str = "cete.test";
@@ -440,8 +440,8 @@ async fn a_node_with_an_untrusted_certificate_cannot_join() {
 
 /// Runs the server with `args` and returns its exit code and stderr; it must stop by itself.
 fn start_failure(root: &Path, args: &[String]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(server_bin());
-    cmd.args([
+    let data = root.join("bad");
+    let mut all = vec![
         "--id",
         "bad",
         "--raft-address",
@@ -451,33 +451,14 @@ fn start_failure(root: &Path, args: &[String]) -> (Option<i32>, String) {
         "--http-address",
         "127.0.0.1:0",
         "--data-directory",
-    ])
-    .arg(root.join("bad"))
-    .args(["--log-level", "off"])
-    .args(args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    clean_env(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code(), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not stop within 20s with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        data.to_str().expect("UTF-8 temp path"),
+    ];
+    all.extend(args.iter().map(String::as_str));
+    let out = run_server_to_exit(&all, root);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -170,7 +170,10 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             removed_marker.display()
         );
     }
-    let awaiting_join = store::finish_interrupted_wipe(&config.data_directory)
+    let dir = config.data_directory.clone();
+    let awaiting_join = tokio::task::spawn_blocking(move || store::finish_interrupted_wipe(&dir))
+        .await
+        .context("the wipe check failed")?
         .with_context(|| format!("--data-directory {}", config.data_directory.display()))?;
 
     let (mut log_store, state_machine) =
@@ -346,7 +349,10 @@ pub async fn run(
         .await;
         anyhow::ensure!(closed.is_ok(), "the database did not close for a restart");
         if restart == node::Restart::WipeForJoin {
-            store::wipe_for_join(&config.data_directory)
+            let dir = config.data_directory.clone();
+            tokio::task::spawn_blocking(move || store::wipe_for_join(&dir))
+                .await
+                .context("the wipe task failed")?
                 .context("dropping this node's state to join a cluster")?;
         }
         log::info!("starting node {} again ({restart:?})", config.id);

@@ -83,7 +83,9 @@ pub struct Cete {
 
 /// The current leader's addresses as `raft` knows them, if any.
 fn leader_hint_of(raft: &Raft) -> Option<LeaderHint> {
-    let metrics = raft.metrics().borrow().clone();
+    // Borrowed, not cloned: this runs for every redirect and follower read.
+    let receiver = raft.metrics();
+    let metrics = receiver.borrow();
     let leader = metrics.current_leader?;
     let node = metrics
         .membership_config
@@ -545,11 +547,12 @@ impl Cete {
             "node {} was removed from the cluster; raft stops here",
             self.info.name
         );
-        if let Err(e) = std::fs::write(self.data_directory.join(REMOVED_MARKER), b"removed\n") {
-            log::error!("cannot write the removal marker: {e}");
-        }
+        let marker = self.data_directory.join(REMOVED_MARKER);
         let raft = self.raft.clone();
         tokio::spawn(async move {
+            if let Err(e) = tokio::fs::write(marker, b"removed\n").await {
+                log::error!("cannot write the removal marker: {e}");
+            }
             // Give the reply to the membership change time to leave first.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let _ = raft.shutdown().await;

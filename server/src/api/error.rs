@@ -81,10 +81,8 @@ pub(crate) fn node_error(err: Error, target: Option<&super::RequestTarget>) -> R
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NoLeader", err.to_string())
                 .into_response();
         };
-        let body = json!({
-            "error": {"code": err.code(), "message": err.to_string()},
-            "leader": {"id": hint.id, "http_addr": hint.http_address},
-        });
+        let mut body = error_body(&err);
+        body["leader"] = json!({"id": hint.id, "http_addr": hint.http_address});
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
         if let Ok(value) = HeaderValue::from_str(&location) {

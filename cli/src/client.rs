@@ -355,21 +355,6 @@ impl Client {
         }
     }
 
-    /// Sends a GET and returns once the answer's headers arrive (within
-    /// the timeout), leaving its body to be streamed; no redirects.
-    pub async fn open_stream(
-        &self,
-        path: &str,
-        query: Option<&str>,
-    ) -> Result<reqwest::Response, TransportError> {
-        let url = urls::join(&self.base, path, query);
-        match tokio::time::timeout(self.timeout, self.http.get(url.clone()).send()).await {
-            Err(_) => Err(self.timeout_error(&url)),
-            Ok(Err(e)) => Err(self.transport_error(&url, e)),
-            Ok(Ok(response)) => Ok(response),
-        }
-    }
-
     /// Sends a GET whose answer may be large and returns the successful
     /// response with its body unread, retrying NoLeader answers like
     /// [`Client::execute`] (no redirects: the caller asks for something any

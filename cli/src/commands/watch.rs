@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::write_stdout;
 use crate::cli::WatchArgs;
-use crate::client::{ApiError, Client};
+use crate::client::{ApiError, Call, Client, TransportError};
 use crate::urls;
 
 /// Error codes after which the same watch is simply opened again.
@@ -128,19 +128,22 @@ async fn follow(
         pairs.push(("start_revision", rev.to_string()));
     }
     let query = urls::query_string(&pairs);
-    let response = match client.open_stream("/v1/watch", query.as_deref()).await {
+    let response = match client
+        .get_streaming(&Call::get("/v1/watch").query(query))
+        .await
+    {
         Ok(response) => response,
-        Err(e) => return Ok(Dropped::Lost(e.to_string())),
-    };
-    let status = response.status();
-    if !status.is_success() {
-        let body = response.bytes().await.unwrap_or_default();
-        let err = ApiError::decode(status, &body);
-        if RESUMABLE.contains(&err.code.as_str()) {
-            return Ok(Dropped::Lost(err.to_string()));
+        Err(e) => {
+            let resumable = e.downcast_ref::<TransportError>().is_some()
+                || e.downcast_ref::<ApiError>()
+                    .is_some_and(|err| RESUMABLE.contains(&err.code.as_str()));
+            return if resumable {
+                Ok(Dropped::Lost(e.to_string()))
+            } else {
+                Err(e)
+            };
         }
-        return Err(err.into());
-    }
+    };
     *give_up_at = Instant::now() + client.timeout();
     if next.is_none() {
         *next = response

@@ -250,26 +250,29 @@ impl Cete {
     /// The log index a linearizable read must see, from this node if it
     /// leads, else from the leader over gRPC.
     async fn read_index(&self) -> Result<u64> {
-        match self.leader_read_index().await {
-            Err(Error::NotLeader(_)) => {
-                // One ReadIndex call serves every read queued before it was
-                // sent: the leader confirms its leadership after receiving it.
-                let (raft, peers) = (self.raft.clone(), self.peers.clone());
-                self.follower_read_batch
-                    .run(move || {
-                        let (raft, peers) = (raft.clone(), peers.clone());
-                        async move {
-                            match leader_hint_of(&raft) {
-                                Some(leader) => peers.read_index(&leader.grpc_address).await,
-                                None => Err(Error::NoLeader),
-                            }
-                        }
-                    })
-                    .await
-                    .unwrap_or(Err(Error::ShuttingDown))
+        // Followers go to the leader at once, without a local round first.
+        let leads = self.raft.metrics().borrow().current_leader == Some(self.id);
+        if leads {
+            match self.leader_read_index().await {
+                Err(Error::NotLeader(_)) => {} // lost the leadership meanwhile
+                other => return other,
             }
-            other => other,
         }
+        // One ReadIndex call serves every read queued before it was sent:
+        // the leader confirms its leadership after receiving it.
+        let (raft, peers) = (self.raft.clone(), self.peers.clone());
+        self.follower_read_batch
+            .run(move || {
+                let (raft, peers) = (raft.clone(), peers.clone());
+                async move {
+                    match leader_hint_of(&raft) {
+                        Some(leader) => peers.read_index(&leader.grpc_address).await,
+                        None => Err(Error::NoLeader),
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Serves as leader for a read (its own or a follower's): confirms

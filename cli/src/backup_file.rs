@@ -6,7 +6,9 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"CETESNP1";
+const MAGIC: &[u8; 8] = b"CETESNP2";
+/// Format 1: the header is the bare meta, and the revision its last log index.
+const MAGIC_V1: &[u8; 8] = b"CETESNP1";
 const TAG_RECORD: u8 = 1;
 const TAG_END: u8 = 0;
 /// Same bound as the server's reader: larger lengths are corruption.
@@ -15,7 +17,7 @@ const MAX_FIELD: u32 = 1 << 30;
 /// What a valid backup holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
-    /// The log index the backup was taken at (0 if it has none).
+    /// The revision the backup was taken at (0 if it has none).
     pub revision: u64,
     /// Key-value records.
     pub keys: u64,
@@ -92,17 +94,21 @@ pub fn verify(path: &Path) -> Result<Summary, Invalid> {
     };
     let mut magic = [0u8; 8];
     exact(&mut r, &mut magic)?;
-    if &magic != MAGIC {
-        return Err(Invalid::Corrupt(
-            "not a Cete backup (bad magic bytes)".into(),
-        ));
-    }
+    let pointer = match &magic {
+        MAGIC => "/revision",
+        MAGIC_V1 => "/last_log_id/index",
+        _ => {
+            return Err(Invalid::Corrupt(
+                "not a Cete backup (bad magic bytes)".into(),
+            ))
+        }
+    };
     let mut meta = vec![0u8; length(&mut r)?];
     exact(&mut r, &mut meta)?;
     let meta: serde_json::Value =
         serde_json::from_slice(&meta).map_err(|e| Invalid::Corrupt(format!("bad meta: {e}")))?;
     let revision = meta
-        .pointer("/last_log_id/index")
+        .pointer(pointer)
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
     let mut keys = 0u64;
@@ -143,8 +149,12 @@ mod tests {
 
     /// A backup laid out by hand, as the server writes it.
     fn sample() -> Vec<u8> {
-        let meta = br#"{"last_log_id":{"leader_id":{"term":2,"node_id":0},"index":42},"last_membership":{"log_id":null,"membership":{"configs":[],"nodes":{}}},"snapshot_id":"x"}"#;
-        let mut out = MAGIC.to_vec();
+        let meta = br#"{"format":2,"revision":42,"meta":{"last_log_id":{"leader_id":{"term":2,"node_id":0},"index":97},"last_membership":{"log_id":null,"membership":{"configs":[],"nodes":{}}},"snapshot_id":"x"}}"#;
+        sample_of(MAGIC, meta)
+    }
+
+    fn sample_of(magic: &[u8], meta: &[u8]) -> Vec<u8> {
+        let mut out = magic.to_vec();
         out.extend((meta.len() as u32).to_be_bytes());
         out.extend(meta);
         for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b/c", &[0, 255, 7])] {
@@ -185,6 +195,10 @@ mod tests {
             std::fs::write(&path, &flipped).unwrap();
             assert!(verify(&path).is_err(), "flip at {i} accepted");
         }
+        // Format 1: the revision was the last log index.
+        let v1 = br#"{"last_log_id":{"leader_id":{"term":2,"node_id":0},"index":42},"last_membership":{"log_id":null,"membership":{"configs":[],"nodes":{}}},"snapshot_id":"x"}"#;
+        std::fs::write(&path, sample_of(MAGIC_V1, v1)).unwrap();
+        assert_eq!(verify(&path).unwrap().revision, 42);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

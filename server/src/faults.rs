@@ -7,6 +7,10 @@
 //! - `CETE_TEST_UNSAFE=local-reads`: a deliberately broken build. Linearizable
 //!   reads are served from local state without a read index, so a deposed or
 //!   cut-off node answers stale data. The suite must notice.
+//! - `CETE_TEST_UNSAFE=early-ack`: a deliberately broken build. The proposer
+//!   answers each write as soon as it hands it to Raft, before it commits,
+//!   so a cut-off leader acknowledges writes that are then lost. The suite
+//!   must notice.
 //!
 //! Both are read once, at first use, and announced loudly at start-up
 //! ([`announce`]). Production deployments never set them.
@@ -20,6 +24,8 @@ pub struct TestSettings {
     dial_map: HashMap<String, String>,
     /// `CETE_TEST_UNSAFE=local-reads`.
     pub local_reads: bool,
+    /// `CETE_TEST_UNSAFE=early-ack`.
+    pub early_ack: bool,
 }
 
 fn parse(dial_map: Option<&str>, unsafe_flags: Option<&str>) -> Result<TestSettings, String> {
@@ -40,6 +46,7 @@ fn parse(dial_map: Option<&str>, unsafe_flags: Option<&str>) -> Result<TestSetti
         match flag {
             "" => {}
             "local-reads" => settings.local_reads = true,
+            "early-ack" => settings.early_ack = true,
             other => return Err(format!("CETE_TEST_UNSAFE: unknown setting {other:?}")),
         }
     }
@@ -82,6 +89,12 @@ pub fn announce() {
              without a read index; this node is deliberately broken"
         );
     }
+    if s.early_ack {
+        log::warn!(
+            "TEST ONLY, UNSAFE: CETE_TEST_UNSAFE=early-ack acknowledges writes \
+             before they commit; this node is deliberately broken"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +103,8 @@ mod tests {
 
     #[test]
     fn settings_parse() {
-        let s = parse(Some("a:1=b:2, c:3=d:4"), Some("local-reads")).unwrap();
+        let s = parse(Some("a:1=b:2, c:3=d:4"), Some("local-reads,early-ack")).unwrap();
+        assert!(s.early_ack);
         assert_eq!(s.dial_map["a:1"], "b:2");
         assert_eq!(s.dial_map["c:3"], "d:4");
         assert!(s.local_reads);

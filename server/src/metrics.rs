@@ -11,6 +11,7 @@
 //! Built on the `prometheus` crate (TiKV's): one registry per node, so two
 //! nodes in one process never mix their series.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -196,6 +197,33 @@ struct Sampled {
     replication_lag: IntGaugeVec,
     cf_properties: Vec<(&'static str, IntGaugeVec)>,
     keys: IntGauge,
+    revision: IntGauge,
+    proposals: IntCounter,
+    proposed_writes: IntCounter,
+    read_rounds: IntCounterVec,
+    read_round_reads: IntCounterVec,
+    read_round_seconds: prometheus::CounterVec,
+}
+
+/// Brings a counter up to `total`, a count kept elsewhere (counters only rise).
+fn catch_up(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name and help");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
 }
 
 /// All metrics of one node.
@@ -344,6 +372,46 @@ impl Metrics {
                 "cete_keys_estimated",
                 "Estimated number of keys stored (RocksDB rocksdb.estimate-num-keys on the data column family; an estimate, not an exact count).",
             ),
+            revision: gauge(
+                r,
+                "cete_revision",
+                "Revision of the last write applied here (the same write has the same revision on every member).",
+            ),
+            proposals: counter(
+                r,
+                "cete_proposals_total",
+                "Raft log entries this node proposed for client writes (each carries one or more writes).",
+            ),
+            proposed_writes: counter(
+                r,
+                "cete_proposed_writes_total",
+                "Client writes this node proposed; divided by cete_proposals_total, the mean writes per entry.",
+            ),
+            read_rounds: counter_vec(
+                r,
+                "cete_read_index_rounds_total",
+                "Read-index rounds for linearizable reads: as leader (leadership confirmations) and as follower (ReadIndex calls to the leader).",
+                &["role"],
+            ),
+            read_round_reads: counter_vec(
+                r,
+                "cete_read_index_reads_total",
+                "Linearizable reads served by those rounds, by role.",
+                &["role"],
+            ),
+            read_round_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "cete_read_index_round_seconds_total",
+                        "Time spent in read-index rounds, summed, by role.",
+                    ),
+                    &["role"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
         };
         Metrics {
             registry,
@@ -423,6 +491,24 @@ fn sample(s: &Sampled, node: &Cete) -> bool {
     s.snapshot_index
         .set(gauge_value(m.snapshot.map(|l| l.index)));
     s.purged_index.set(gauge_value(m.purged.map(|l| l.index)));
+    s.revision
+        .set(gauge_value(Some(node.reader().events().published())));
+    let proposer = node.proposer_stats();
+    catch_up(&s.proposals, proposer.proposals.load(Ordering::Relaxed));
+    catch_up(&s.proposed_writes, proposer.commands.load(Ordering::Relaxed));
+    for (role, stats) in node.read_round_stats() {
+        catch_up(
+            &s.read_rounds.with_label_values(&[role]),
+            stats.rounds.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &s.read_round_reads.with_label_values(&[role]),
+            stats.calls.load(Ordering::Relaxed),
+        );
+        let seconds = s.read_round_seconds.with_label_values(&[role]);
+        let total = stats.round_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        seconds.inc_by((total - seconds.get()).max(0.0));
+    }
     let db = node.reader().db();
     s.committed_index
         .set(gauge_value(crate::store::log::committed_index(db)));

@@ -14,15 +14,14 @@ use openraft::{ChangeMembers, ServerState};
 use crate::errors::{Error, LeaderHint, Result};
 use crate::raft::network::ChannelPool;
 use crate::raft::peer::PeerClient;
-use crate::raft::read_batch::ReadBatcher;
+use crate::raft::proposer::{self, ProposeError, Proposer};
+use crate::raft::read_batch::{self, ReadBatcher, RoundStats};
 use crate::raft::typ::{CheckIsLeaderError, Raft, RaftMetrics};
 use crate::raft::{node_id_of, Command, CommandResult, NodeId, NodeInfo};
 use crate::store::events::{WatchError, Watcher};
 use crate::store::state_machine::{BackupFile, KeyEntry, KvReader};
 use crate::store::value::StoredValue;
 
-/// How long a write may wait for its commit before its outcome is reported unknown.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for its read index.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +62,8 @@ pub struct Cete {
     pub info: NodeInfo,
     pub id: NodeId,
     pub raft: Raft,
+    /// Packs concurrent writes into shared log entries.
+    proposer: Proposer,
     reader: KvReader,
     peers: PeerClient,
     /// Applied index this node must reach before it calls itself ready.
@@ -106,6 +107,16 @@ enum ReadIndex {
     NotLeader,
     NoQuorum,
     Stopped,
+}
+
+/// One leadership confirmation: the read index, or why there is none.
+async fn confirm_leadership(raft: Raft) -> ReadIndex {
+    match raft.get_read_log_id().await {
+        Ok((read, _)) => ReadIndex::At(read.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => ReadIndex::NotLeader,
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => ReadIndex::NoQuorum,
+        Err(RaftError::Fatal(_)) => ReadIndex::Stopped,
+    }
 }
 
 /// Why a running node asks its runner to stop it and start it again.
@@ -156,10 +167,11 @@ impl Cete {
             data_directory,
             removed: AtomicBool::new(false),
             restart: tokio::sync::watch::channel(None).0,
-            read_batch: ReadBatcher::new(),
-            follower_read_batch: ReadBatcher::new(),
+            read_batch: ReadBatcher::new(read_batch::DEFAULT_ROUNDS),
+            follower_read_batch: ReadBatcher::new(read_batch::DEFAULT_ROUNDS),
             id: node_id_of(&info.name),
             info,
+            proposer: Proposer::start(raft.clone(), proposer::Limits::default()),
             raft,
             reader,
             peers: PeerClient::new(pool),
@@ -237,14 +249,23 @@ impl Cete {
         if let Some(e) = self.storage_failure() {
             return Err(e);
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
-            Err(_) => Err(Error::OutcomeUnknown(format!(
+        match self.proposer.propose(command).await {
+            Ok(result) => Ok(result),
+            Err(ProposeError::Raft(err)) => Err(self.write_error(err)),
+            Err(ProposeError::Timeout(after)) => Err(Error::OutcomeUnknown(format!(
                 "not committed within {}s",
-                WRITE_TIMEOUT.as_secs()
+                after.as_secs()
             ))),
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(err)) => Err(self.write_error(err)),
+            Err(ProposeError::Abandoned) => Err(Error::OutcomeUnknown(
+                "Raft stopped before the write was answered".into(),
+            )),
+            Err(ProposeError::Stopped) => Err(Error::ShuttingDown),
         }
+    }
+
+    /// Proposals made and the commands they carried, for metrics.
+    pub fn proposer_stats(&self) -> &proposer::ProposerStats {
+        self.proposer.stats()
     }
 
     /// The log index a linearizable read must see, from this node if it
@@ -275,30 +296,37 @@ impl Cete {
             .unwrap_or(Err(Error::ShuttingDown))
     }
 
-    /// Serves as leader for a read (its own or a follower's): confirms
-    /// leadership with a quorum and returns the index to wait for.
-    /// Concurrent reads share confirmation rounds (see `read_batch`).
-    pub async fn leader_read_index(&self) -> Result<u64> {
+    /// Serves as leader for its own reads: confirms leadership with a
+    /// quorum and returns the index to wait for. Concurrent reads share
+    /// confirmation rounds (see `read_batch`).
+    async fn leader_read_index(&self) -> Result<u64> {
         let raft = self.raft.clone();
         let outcome = self
             .read_batch
-            .run(move || {
-                let raft = raft.clone();
-                async move {
-                    match raft.get_read_log_id().await {
-                        Ok((read, _)) => ReadIndex::At(read.map_or(0, |l| l.index)),
-                        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                            ReadIndex::NotLeader
-                        }
-                        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                            ReadIndex::NoQuorum
-                        }
-                        Err(RaftError::Fatal(_)) => ReadIndex::Stopped,
-                    }
-                }
-            })
+            .run(move || confirm_leadership(raft.clone()))
             .await
             .unwrap_or(ReadIndex::Stopped);
+        self.read_index_result(outcome)
+    }
+
+    /// Serves a follower's ReadIndex call: one confirmation round of its
+    /// own. The follower already shares each call among its queued reads,
+    /// so the call does not wait in this node's batcher a second time.
+    pub async fn read_index_for_follower(&self) -> Result<u64> {
+        let outcome = confirm_leadership(self.raft.clone()).await;
+        self.read_index_result(outcome)
+    }
+
+    /// Rounds and reads of this node's linearizable-read batching: as leader
+    /// (its own reads) and as follower (ReadIndex calls to the leader).
+    pub fn read_round_stats(&self) -> [(&'static str, &RoundStats); 2] {
+        [
+            ("leader", self.read_batch.stats()),
+            ("follower", self.follower_read_batch.stats()),
+        ]
+    }
+
+    fn read_index_result(&self, outcome: ReadIndex) -> Result<u64> {
         match outcome {
             ReadIndex::At(index) => Ok(index),
             ReadIndex::NotLeader => Err(self.not_leader()),

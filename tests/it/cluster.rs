@@ -694,8 +694,49 @@ async fn lagging_follower_catches_up_by_snapshot() {
                 "linearizable read of {key} on the caught-up follower"
             );
         }
+        // Revisions came with the snapshot: every key has the same revision
+        // on every member, and the next write gets the same one everywhere.
+        let revisions = key_revisions(&client, &cluster.nodes[leader], "snap/").await;
+        assert_eq!(revisions.len(), 150);
+        put_ok(&client, &cluster.nodes[leader], "snap/after", "x").await;
+        let after = key_revisions(&client, &cluster.nodes[leader], "snap/after").await;
+        for node in &cluster.nodes {
+            let what = format!("{} lists the leader's revisions", node.name);
+            wait_until(SETTLE, &what, || {
+                let client = client.clone();
+                let revisions = &revisions;
+                let after = &after;
+                async move {
+                    (key_revisions(&client, node, "snap/k").await == *revisions
+                        && key_revisions(&client, node, "snap/after").await == *after)
+                        .then_some(())
+                }
+            })
+            .await;
+        }
     })
     .await
+}
+
+/// Key -> modify revision of every key under `prefix`, from a stale listing.
+async fn key_revisions(
+    client: &reqwest::Client,
+    node: &NodeProc,
+    prefix: &str,
+) -> BTreeMap<String, u64> {
+    let url = node.url(&format!(
+        "/v1/data?prefix={prefix}&limit=1000&consistency=stale"
+    ));
+    let Ok(resp) = client.get(&url).send().await else {
+        return BTreeMap::new();
+    };
+    let body: Value = resp.json().await.unwrap_or_default();
+    body["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| Some((k["key"].as_str()?.to_string(), k["revision"].as_u64()?)))
+        .collect()
 }
 
 #[tokio::test]

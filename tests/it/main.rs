@@ -3,6 +3,7 @@
 
 mod backup;
 mod bad_input;
+mod batching;
 mod cluster;
 mod disk;
 mod faultproxy;

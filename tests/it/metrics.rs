@@ -206,6 +206,8 @@ async fn request_counter_rises_by_the_requests_made_under_the_route_template() {
             value(samples, "cete_http_requests_total", labels).unwrap_or(0.0) as u64
         };
         let applied_before = single(&before, "cete_raft_applied_index");
+        let revision_before = single(&before, "cete_revision");
+        let proposed_before = single(&before, "cete_proposed_writes_total");
 
         const WRITES: u64 = 7;
         for i in 0..WRITES {
@@ -246,9 +248,15 @@ async fn request_counter_rises_by_the_requests_made_under_the_route_template() {
             "raw paths leaked into route labels: {routes:?}"
         );
 
-        // Every write is one log entry, applied before it is acknowledged.
+        // Writes one after the other are one log entry each, applied before
+        // they are acknowledged; each advances the revision by one.
         let applied_after = single(&after, "cete_raft_applied_index");
         assert_eq!(applied_after, applied_before + WRITES, "applied index");
+        assert_eq!(single(&after, "cete_revision"), revision_before + WRITES);
+        assert_eq!(
+            single(&after, "cete_proposed_writes_total"),
+            proposed_before + WRITES
+        );
         assert_eq!(single(&after, "cete_raft_last_log_index"), applied_after);
         assert_eq!(single(&after, "cete_raft_committed_index"), applied_after);
         assert!(single(&after, "cete_keys_estimated") >= 1);

@@ -1262,53 +1262,71 @@ async fn robustness_five_nodes() {
     bounded(Duration::from_secs(limit), run_seeds(5, &[3], 35, 120)).await;
 }
 
+/// Runs a deliberately broken build (`CETE_TEST_UNSAFE=<setting>`) under
+/// leader isolation and partitions until the checker rejects its history as
+/// not linearizable; panics if no seed gets it caught.
+async fn planted_bug_is_caught(setting: &'static str, seeds: [u64; 3]) {
+    let mut attempts = Vec::new();
+    for seed in seeds {
+        let spec = RunSpec {
+            name: format!("broken-{setting}-seed{seed}"),
+            nodes: 3,
+            seed,
+            duration: Duration::from_secs(15),
+            clients: 4,
+            keys: 2,
+            faults: vec![Fault::IsolateLeader, Fault::Partition],
+            unsafe_setting: Some(setting),
+        };
+        match run(spec).await {
+            Err((dir, out)) => {
+                let caught = out.problems.iter().any(|p| p.contains("not linearizable"));
+                if caught {
+                    eprintln!(
+                        "the broken build ({setting}) was caught ({:?}); evidence in {}",
+                        out.problems,
+                        dir.display()
+                    );
+                    let report = std::fs::read_to_string(dir.join("report.txt")).unwrap_or_default();
+                    assert!(report.contains("NOT LINEARIZABLE"), "{report}");
+                    let at = report.find("NOT LINEARIZABLE").unwrap_or(0);
+                    let excerpt: String = report[at..].lines().take(20).collect::<Vec<_>>().join("\n");
+                    eprintln!("report excerpt:\n{excerpt}");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return;
+                }
+                attempts.push(format!("seed {seed}: other problems {:?}", out.problems));
+            }
+            Ok(out) => attempts.push(format!(
+                "seed {seed}: passed with {} ops checked",
+                out.ops_checked
+            )),
+        }
+    }
+    panic!("{setting} was never caught: {attempts:#?}");
+}
+
 /// The suite must be able to fail: with linearizable reads served locally
 /// (no read index), isolating nodes makes them answer stale data, and the
-/// checker must reject the history. Bounded retries with different seeds.
+/// checker must reject the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn robustness_catches_local_reads() {
-    bounded(Duration::from_secs(300), async {
-        let mut attempts = Vec::new();
-        for seed in [11u64, 12, 13] {
-            let spec = RunSpec {
-                name: format!("broken-local-reads-seed{seed}"),
-                nodes: 3,
-                seed,
-                duration: Duration::from_secs(15),
-                clients: 4,
-                keys: 2,
-                faults: vec![Fault::IsolateLeader, Fault::Partition],
-                unsafe_setting: Some("local-reads"),
-            };
-            match run(spec).await {
-                Err((dir, out)) => {
-                    let caught = out.problems.iter().any(|p| p.contains("not linearizable"));
-                    if caught {
-                        eprintln!(
-                            "the broken build was caught ({:?}); evidence in {}",
-                            out.problems,
-                            dir.display()
-                        );
-                        let report =
-                            std::fs::read_to_string(dir.join("report.txt")).unwrap_or_default();
-                        assert!(report.contains("NOT LINEARIZABLE"), "{report}");
-                        let at = report.find("NOT LINEARIZABLE").unwrap_or(0);
-                        let excerpt: String =
-                            report[at..].lines().take(20).collect::<Vec<_>>().join("\n");
-                        eprintln!("report excerpt:\n{excerpt}");
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return;
-                    }
-                    attempts.push(format!("seed {seed}: other problems {:?}", out.problems));
-                }
-                Ok(out) => attempts.push(format!(
-                    "seed {seed}: passed with {} ops checked",
-                    out.ops_checked
-                )),
-            }
-        }
-        panic!("local reads were never caught: {attempts:#?}");
-    })
+    bounded(
+        Duration::from_secs(300),
+        planted_bug_is_caught("local-reads", [11, 12, 13]),
+    )
+    .await;
+}
+
+/// A proposer that answers writes before they commit (`early-ack`): an
+/// isolated leader acknowledges writes the rest of the cluster never sees,
+/// and the checker must reject the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn robustness_catches_early_acks() {
+    bounded(
+        Duration::from_secs(300),
+        planted_bug_is_caught("early-ack", [21, 22, 23]),
+    )
     .await;
 }
 

@@ -2,6 +2,7 @@
 
 pub mod network;
 pub mod peer;
+pub mod proposer;
 pub mod read_batch;
 pub mod service;
 
@@ -53,7 +54,7 @@ pub enum Precondition {
     Absent,
 }
 
-/// A state-machine command, one per Raft log entry.
+/// One client write. Commands travel in [`Proposal`]s, many to a log entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Command {
     Put {
@@ -66,6 +67,28 @@ pub enum Command {
         key: Vec<u8>,
         precondition: Option<Precondition>,
     },
+}
+
+impl Command {
+    /// Bytes this command adds to a log entry, roughly: for batch size caps.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Put {
+                key,
+                value,
+                content_type,
+                ..
+            } => key.len() + value.len() + content_type.len() + 32,
+            Command::Delete { key, .. } => key.len() + 16,
+        }
+    }
+}
+
+/// The payload of one Raft log entry: the writes the proposer packed into
+/// it, applied in order, each seeing the ones before it (see `proposer`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Proposal {
+    pub commands: Vec<Command>,
 }
 
 /// The outcome of applying a [`Command`]; errors here are definite.
@@ -85,8 +108,13 @@ pub enum CommandResult {
     PreconditionFailed {
         current: Option<u64>,
     },
-    /// Entries that carry no command (blank, membership) answer this.
-    Applied,
+}
+
+/// The results of one [`Proposal`], in the order of its commands (empty for
+/// entries that carry none: blank and membership entries).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ProposalResult {
+    pub results: Vec<CommandResult>,
 }
 
 /// Snapshot bytes live in a file on disk, never whole in memory.
@@ -94,8 +122,8 @@ pub type SnapshotData = tokio::fs::File;
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Proposal,
+        R = ProposalResult,
         NodeId = NodeId,
         Node = NodeInfo,
         SnapshotData = SnapshotData,

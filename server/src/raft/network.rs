@@ -90,14 +90,7 @@ pub struct PeerConnection {
     client: Result<RaftClient<Channel>, tonic::transport::Error>,
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .expect("in-memory encoding of our own types cannot fail")
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(raw, bincode::config::standard()).map(|(value, _)| value)
-}
+pub(crate) use crate::codec::{decode, encode};
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
 
@@ -131,7 +124,7 @@ impl PeerConnection {
             Ok(reply) => reply.into_inner(),
             Err(status) => return Err(status_to_rpc_error(status)),
         };
-        let net_err = |e: bincode::error::DecodeError| RPCError::Network(NetworkError::new(&e));
+        let net_err = |e: crate::codec::CodecError| RPCError::Network(NetworkError::new(&e));
         if !reply.error.is_empty() {
             let err: RaftError<NodeId, E> = decode(&reply.error).map_err(net_err)?;
             return Err(RPCError::RemoteError(RemoteError::new_with_node(

@@ -357,7 +357,7 @@ impl Peer for PeerService {
         &self,
         _request: Request<ReadIndexRequest>,
     ) -> std::result::Result<Response<ReadIndexReply>, Status> {
-        Ok(Response::new(match self.node.leader_read_index().await {
+        Ok(Response::new(match self.node.read_index_for_follower().await {
             Ok(read_index) => ReadIndexReply {
                 read_index,
                 ..Default::default()

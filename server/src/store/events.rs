@@ -5,7 +5,7 @@
 //! Events are written in the same WriteBatch as the data change they
 //! describe, so history and data never disagree, and every node that applies
 //! the same log holds the same history. A node whose state is replaced by a
-//! snapshot only knows events after the snapshot's index.
+//! snapshot only knows events after the snapshot's revision.
 //!
 //! Live delivery never blocks apply: each watcher has a bounded queue, and a
 //! watcher whose queue is full is ended with [`WatchError::TooSlow`] (it can
@@ -23,7 +23,7 @@ use super::{blocking, decode, encode, Db, StoreError, CF_EVENTS, CF_META};
 /// Meta key of the oldest revision the history still holds in full.
 pub(crate) const KEY_EVENTS_OLDEST: &[u8] = b"events_oldest";
 
-/// Default number of revisions (log indexes) kept for resuming watches.
+/// Default number of revisions kept for resuming watches.
 pub const DEFAULT_WATCH_HISTORY: u64 = 100_000;
 
 /// Values up to this size travel inside events; larger ones are announced
@@ -51,7 +51,7 @@ pub enum EventKind {
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// The log index of the change: the key's new modify revision.
+    /// The revision of the change: the key's new modify revision.
     pub revision: u64,
     pub kind: EventKind,
     pub key: Vec<u8>,
@@ -156,13 +156,14 @@ impl EventHub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The last applied index whose events were handed to watchers.
+    /// The last revision whose events were handed to watchers.
     pub fn published(&self) -> u64 {
         self.lock().published
     }
 
     /// Hands a batch's events (already durable in the history) to watchers,
-    /// and records that everything up to `applied` is published. Never waits.
+    /// and records that everything up to revision `applied` is published.
+    /// Never waits.
     pub(crate) fn publish(&self, events: &[Arc<Event>], applied: u64) {
         let mut state = self.lock();
         state.subscribers.retain(|sub| {

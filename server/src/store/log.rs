@@ -1,8 +1,14 @@
 //! The Raft log and vote, on RocksDB.
 //!
 //! Durability rule: an append or a vote is acknowledged to openraft only once
-//! its write batch is synced to the write-ahead log. One append from openraft
-//! is one synced batch, so concurrent client writes share an fsync (group commit).
+//! its write batch is synced to the write-ahead log.
+//!
+//! openraft 0.9's core waits for each append's flush before it does anything
+//! else, so appends never overlap and a separate syncing thread could never
+//! group two of them: each append is one synced WriteBatch, written and
+//! acknowledged on one blocking-pool thread with no further hand-off.
+//! Grouping happens before the log, in `raft::proposer`, which packs
+//! concurrent writes into one entry.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,39 +28,6 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
-}
-
-/// Group commit: appends are written to RocksDB unsynced (so they are
-/// readable at once) and their callbacks queued here; one thread syncs the
-/// WAL once for everything queued so far, then acknowledges all of it.
-/// Under load many appends share one fsync.
-///
-/// The thread holds the database weakly so that it never keeps RocksDB open
-/// past the node's shutdown.
-fn spawn_flusher(db: &Db) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
-    let db = db.downgrade();
-    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
-    std::thread::Builder::new()
-        .name("cete-wal-sync".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut waiting = vec![first];
-                waiting.extend(rx.try_iter());
-                let result = match db.upgrade() {
-                    Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
-                    None => Err("the database is closed".to_string()),
-                };
-                for callback in waiting {
-                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
-                }
-                if let Err(e) = result {
-                    log::error!("syncing the raft log failed: {e}");
-                }
-            }
-        })
-        .expect("the WAL sync thread starts");
-    tx
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -83,10 +56,7 @@ pub fn committed_index(db: &Db) -> Option<u64> {
 
 impl LogStore {
     pub fn new(db: Db) -> LogStore {
-        LogStore {
-            flusher: spawn_flusher(&db),
-            db,
-        }
+        LogStore { db }
     }
 
     fn read_raft_key<T: serde::de::DeserializeOwned>(
@@ -233,23 +203,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
         }
         let db = self.db.clone();
-        // Unsynced: the flusher's sync acknowledges it (see spawn_flusher).
-        let result = blocking(move || db.rocks().write(batch)).await;
-        match result {
+        // Readable and durable at once; acknowledged from the same thread.
+        blocking(move || match db.rocks().write_opt(batch, &synced()) {
             Ok(()) => {
-                if let Err(unsent) = self.flusher.send(callback) {
-                    unsent.0.log_io_completed(Err(std::io::Error::other(
-                        "the WAL sync thread stopped",
-                    )));
-                }
+                callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                let err = std::io::Error::other(e.to_string());
+                log::error!("writing the raft log failed: {e}");
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, err))
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
             }
-        }
+        })
+        .await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

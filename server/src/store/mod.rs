@@ -18,7 +18,7 @@ pub mod value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, DB};
 use thiserror::Error;
 
 use crate::metrics::SnapshotMetrics;
@@ -31,6 +31,13 @@ pub const CF_RAFT: &str = "raft";
 pub const CF_DATA: &str = "data";
 pub const CF_META: &str = "meta";
 pub const CF_EVENTS: &str = "events";
+
+/// The layout of a data directory this build reads and writes, recorded in
+/// the `meta` column family. Format 1 (no record) used bincode and log
+/// indexes as revisions; format 2 uses `codec` records and the state
+/// machine's own revisions.
+pub const STORAGE_FORMAT: u32 = 2;
+const KEY_STORAGE_FORMAT: &[u8] = b"storage_format";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -51,6 +58,12 @@ pub enum StoreError {
     /// The data directory must not be opened as it is (e.g. an interrupted restore).
     #[error("{0}")]
     Unusable(String),
+    #[error(
+        "the data directory {path} holds storage format {found}, written by an older Cete; \
+         this build reads format {STORAGE_FORMAT}: take a backup with the old build \
+         (cete snapshot save FILE), then start this one on an empty directory with --restore FILE"
+    )]
+    OldFormat { path: PathBuf, found: u32 },
 }
 
 /// The open database, shared by the log store and the state machine.
@@ -70,6 +83,9 @@ impl Db {
                 source,
             })?;
         }
+        // A database whose CURRENT file exists was written before: it must
+        // say which format it holds.
+        let existed = db_dir.join("CURRENT").exists();
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -86,11 +102,63 @@ impl Db {
                 path: db_dir.clone(),
                 source,
             })?;
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(inner),
             dir: data_directory.to_path_buf(),
             snapshot_metrics: Arc::default(),
-        })
+        };
+        db.check_format(existed)?;
+        Ok(db)
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS] {
+            if let Some(item) = self.inner.iterator_cf(self.cf(name), IteratorMode::Start).next() {
+                item?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Refuses a database of another storage format; records the format in a new one.
+    fn check_format(&self, existed: bool) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META);
+        match self.inner.get_cf(meta, KEY_STORAGE_FORMAT)? {
+            Some(raw) => {
+                let found = raw
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: "storage format",
+                        detail: format!("{} bytes", raw.len()),
+                    })?;
+                if found == STORAGE_FORMAT {
+                    return Ok(());
+                }
+                Err(StoreError::OldFormat {
+                    path: self.dir.clone(),
+                    found,
+                })
+            }
+            // (An empty one is new: a crash came before its format was recorded.)
+            None if existed && !self.is_empty()? => Err(StoreError::OldFormat {
+                path: self.dir.clone(),
+                found: 1,
+            }),
+            None => {
+                let mut sync = rocksdb::WriteOptions::default();
+                sync.set_sync(true);
+                self.inner.put_cf_opt(
+                    meta,
+                    KEY_STORAGE_FORMAT,
+                    STORAGE_FORMAT.to_be_bytes(),
+                    &sync,
+                )?;
+                Ok(())
+            }
+        }
     }
 
     /// A handle that does not keep the database open.
@@ -221,20 +289,17 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 }
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .expect("in-memory encoding of our own types cannot fail")
+    crate::codec::encode(value)
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     raw: &[u8],
 ) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(raw, bincode::config::standard())
-        .map(|(value, _)| value)
-        .map_err(|e| StoreError::Corrupt {
-            what,
-            detail: e.to_string(),
-        })
+    crate::codec::decode(raw).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! As `etcdutl snapshot restore` does, and only on an empty data directory:
 //! the backup (a snapshot file, see `snapshot`) is verified in full, then
 //! written as this node's state machine with last applied = the backup's log
-//! id and this node alone as voter; the Raft log is marked purged up to that
-//! log id and the vote set to this node in its term. openraft then starts an
-//! initialized one-node cluster whose log, and so every new revision,
-//! continues after the backup's revision. Other nodes join it as usual.
+//! id, its revision, and this node alone as voter; the Raft log is marked
+//! purged up to that log id and the vote set to this node in its term.
+//! openraft then starts an initialized one-node cluster whose log continues
+//! after the backup's log id, and whose revisions continue after the
+//! backup's revision. Other nodes join it as usual.
 //!
 //! Crash safety: a marker file is written (and synced) before anything else
 //! and removed last. A data directory that still holds it refuses to start
@@ -97,8 +98,10 @@ pub fn restore(
         path: backup.to_path_buf(),
         reason,
     };
-    let (meta, _) = snapshot::verify(backup).map_err(refused)?;
-    let last = meta
+    let (header, _) = snapshot::verify(backup).map_err(refused)?;
+    let revision = header.revision;
+    let last = header
+        .meta
         .last_log_id
         .ok_or_else(|| RestoreError::NoRevision(backup.to_path_buf()))?;
 
@@ -117,15 +120,12 @@ pub fn restore(
     };
     mark().map_err(|e| failed(format!("cannot write {}: {e}", marker.display())))?;
 
-    match fill(data_directory, backup, last, id, info) {
+    match fill(data_directory, backup, last, revision, id, info) {
         Ok(keys) => {
             std::fs::remove_file(&marker)
                 .and_then(|()| sync_dir(data_directory))
                 .map_err(|e| failed(format!("cannot remove {}: {e}", marker.display())))?;
-            Ok(Restored {
-                revision: last.index,
-                keys,
-            })
+            Ok(Restored { revision, keys })
         }
         Err(e) => {
             // Leave an empty directory; if that fails the marker stays and
@@ -169,6 +169,7 @@ fn fill(
     data_directory: &Path,
     backup: &Path,
     last: LogId,
+    revision: u64,
     id: NodeId,
     info: NodeInfo,
 ) -> Result<u64, FillError> {
@@ -180,7 +181,7 @@ fn fill(
     // The backup is read again here: a file changed since it was verified
     // fails its checksum now, and the marker keeps the result from starting.
     let keys =
-        state_machine::restore_from_backup(&db, backup, last, membership).map_err(|e| match e {
+        state_machine::restore_from_backup(&db, backup, last, revision, membership).map_err(|e| match e {
             SnapshotError::Io(io) => FillError::Store(io.to_string()),
             other => FillError::Backup(other),
         })?;

@@ -1,17 +1,21 @@
 //! The snapshot file format, shared by Raft snapshots and backups.
 //!
 //! ```text
-//! "CETESNP1"                      magic, 8 bytes
-//! u32 BE length | meta JSON       openraft's SnapshotMeta (last log id, membership, id)
+//! "CETESNP2"                      magic, 8 bytes (format 2)
+//! u32 BE length | header JSON     {"format": 2, "revision": N, "meta": openraft's
+//!                                 SnapshotMeta (last log id, membership, id)}
 //! repeated: 0x01 | u32 BE key length | key | u32 BE value length | encoded value
 //! 0x00 | u64 BE record count | u32 BE CRC-32 of every byte before the CRC
 //! ```
+//! Format 1 (`CETESNP1`, before revisions were the state machine's own) is
+//! still read, so that its backups restore: its header is the bare meta JSON,
+//! and its revision was the last applied log index.
 //! The trailer makes truncation and corruption detectable before anything is
 //! installed: a snapshot is verified in full, then applied.
 //!
 //! A backup (`GET /v1/snapshot`, `cete snapshot save`, `cete-server --restore`)
 //! is exactly this file, built from a RocksDB snapshot of the applied state:
-//! the meta's `last_log_id.index` is the backup's revision (every write with a
+//! the header's `revision` is the backup's revision (every write with a
 //! revision up to it is in the file, none after), its membership is the
 //! cluster's at that point (a restore replaces it with the restored node
 //! alone). Over HTTP it travels with `X-Cete-Revision`, `X-Cete-Keys` and
@@ -23,11 +27,14 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::raft::typ::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"CETESNP1";
+const MAGIC: &[u8; 8] = b"CETESNP2";
+const MAGIC_V1: &[u8; 8] = b"CETESNP1";
+const FORMAT: u32 = 2;
 const TAG_RECORD: u8 = 1;
 const TAG_END: u8 = 0;
 /// Keys are at most 4 KiB and values at most a few MiB; anything far beyond is corruption.
@@ -45,6 +52,21 @@ pub enum SnapshotError {
     Corrupt(String),
     #[error("snapshot checksum mismatch: the file is corrupt")]
     Checksum,
+}
+
+/// What a snapshot file says about itself, before its records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The state machine's revision: the last write in the file has it.
+    pub revision: u64,
+    pub meta: SnapshotMeta,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeaderV2 {
+    format: u32,
+    revision: u64,
+    meta: SnapshotMeta,
 }
 
 struct CrcWriter<W: Write> {
@@ -83,19 +105,24 @@ pub struct Written {
 }
 
 impl SnapshotWriter {
-    pub fn create(path: &Path, meta: &SnapshotMeta) -> Result<SnapshotWriter, SnapshotError> {
-        SnapshotWriter::from_file(File::create(path)?, meta)
+    pub fn create(path: &Path, header: &SnapshotHeader) -> Result<SnapshotWriter, SnapshotError> {
+        SnapshotWriter::from_file(File::create(path)?, header)
     }
 
     /// Writes into `file` (empty, positioned at its start), e.g. an unnamed temporary file.
-    pub fn from_file(file: File, meta: &SnapshotMeta) -> Result<SnapshotWriter, SnapshotError> {
+    pub fn from_file(file: File, header: &SnapshotHeader) -> Result<SnapshotWriter, SnapshotError> {
         let mut out = CrcWriter {
             inner: BufWriter::with_capacity(1 << 20, file),
             crc: crc32fast::Hasher::new(),
             len: 0,
         };
         out.write_all(MAGIC)?;
-        let meta = serde_json::to_vec(meta).expect("snapshot meta serializes");
+        let meta = serde_json::to_vec(&HeaderV2 {
+            format: FORMAT,
+            revision: header.revision,
+            meta: header.meta.clone(),
+        })
+        .expect("snapshot header serializes");
         out.write_all(&(meta.len() as u32).to_be_bytes())?;
         out.write_all(&meta)?;
         Ok(SnapshotWriter { out, records: 0 })
@@ -177,7 +204,7 @@ fn read_field(r: &mut impl Read) -> Result<Vec<u8>, SnapshotError> {
 pub fn read(
     path: &Path,
     mut on_record: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SnapshotError>,
-) -> Result<(SnapshotMeta, u64), SnapshotError> {
+) -> Result<(SnapshotHeader, u64), SnapshotError> {
     let file = File::open(path)?;
     let mut r = CrcReader {
         inner: BufReader::with_capacity(1 << 20, file),
@@ -185,12 +212,27 @@ pub fn read(
     };
     let mut magic = [0u8; 8];
     read_exact(&mut r, &mut magic)?;
-    if &magic != MAGIC {
-        return Err(SnapshotError::BadMagic);
-    }
-    let meta_raw = read_field(&mut r)?;
-    let meta: SnapshotMeta = serde_json::from_slice(&meta_raw)
-        .map_err(|e| SnapshotError::Corrupt(format!("bad meta: {e}")))?;
+    let meta_raw = read_field_after_magic(&mut r, &magic)?;
+    let bad = |e: serde_json::Error| SnapshotError::Corrupt(format!("bad header: {e}"));
+    let header = if &magic == MAGIC {
+        let v2: HeaderV2 = serde_json::from_slice(&meta_raw).map_err(bad)?;
+        if v2.format != FORMAT {
+            return Err(SnapshotError::Corrupt(format!(
+                "header says format {}, the magic bytes say {FORMAT}",
+                v2.format
+            )));
+        }
+        SnapshotHeader {
+            revision: v2.revision,
+            meta: v2.meta,
+        }
+    } else {
+        let meta: SnapshotMeta = serde_json::from_slice(&meta_raw).map_err(bad)?;
+        SnapshotHeader {
+            revision: meta.last_log_id.map_or(0, |l| l.index),
+            meta,
+        }
+    };
     let mut records = 0u64;
     loop {
         let mut tag = [0u8; 1];
@@ -227,11 +269,19 @@ pub fn read(
             "trailing bytes after the end".into(),
         ));
     }
-    Ok((meta, records))
+    Ok((header, records))
+}
+
+/// The header field, once the magic bytes name a format this build reads.
+fn read_field_after_magic(r: &mut impl Read, magic: &[u8; 8]) -> Result<Vec<u8>, SnapshotError> {
+    if magic != MAGIC && magic != MAGIC_V1 {
+        return Err(SnapshotError::BadMagic);
+    }
+    read_field(r)
 }
 
 /// Checks a whole snapshot file without applying it.
-pub fn verify(path: &Path) -> Result<(SnapshotMeta, u64), SnapshotError> {
+pub fn verify(path: &Path) -> Result<(SnapshotHeader, u64), SnapshotError> {
     read(path, |_, _| Ok(()))
 }
 
@@ -247,8 +297,15 @@ mod tests {
         }
     }
 
+    fn header() -> SnapshotHeader {
+        SnapshotHeader {
+            revision: 42,
+            meta: meta(),
+        }
+    }
+
     fn write_sample(path: &Path) {
-        let mut w = SnapshotWriter::create(path, &meta()).unwrap();
+        let mut w = SnapshotWriter::create(path, &header()).unwrap();
         w.record(b"a", b"1").unwrap();
         w.record(b"b/c", &[0, 255, 7]).unwrap();
         let written = w.finish_written().unwrap();
@@ -269,9 +326,39 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(m.snapshot_id, "test");
+        assert_eq!(m, header());
         assert_eq!(n, 2);
         assert_eq!(seen[1], (b"b/c".to_vec(), vec![0, 255, 7]));
+    }
+
+    /// A backup from before format 2 still restores; its revision was the
+    /// last applied log index.
+    #[test]
+    fn reads_format_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1");
+        let mut meta = meta();
+        meta.last_log_id = Some(crate::raft::typ::LogId::new(
+            openraft::CommittedLeaderId::new(3, 0),
+            17,
+        ));
+        let mut body = MAGIC_V1.to_vec();
+        let json = serde_json::to_vec(&meta).unwrap();
+        body.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        body.extend_from_slice(&json);
+        body.push(TAG_RECORD);
+        for field in [&b"k"[..], &b"v"[..]] {
+            body.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            body.extend_from_slice(field);
+        }
+        body.push(TAG_END);
+        body.extend_from_slice(&1u64.to_be_bytes());
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_be_bytes());
+        std::fs::write(&path, &body).unwrap();
+        let (header, records) = verify(&path).unwrap();
+        assert_eq!((header.revision, records), (17, 1));
+        assert_eq!(header.meta, meta);
     }
 
     #[test]

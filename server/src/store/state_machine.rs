@@ -2,9 +2,17 @@
 //! the API uses.
 //!
 //! Applying a batch of entries writes the data changes, the new last-applied
-//! log id and any membership change in one atomic WriteBatch, so the state
-//! machine is never half-applied. It is not synced: after a crash, entries
-//! past the durable last-applied id are applied again from the (synced) log.
+//! log id, the revision and any membership change in one atomic WriteBatch,
+//! so the state machine is never half-applied. It is not synced: after a
+//! crash, entries past the durable last-applied id are applied again from
+//! the (synced) log.
+//!
+//! Revisions are the state machine's own, as etcd's store revision: a
+//! counter advanced by one for every write that changes a key, stored with
+//! the data, carried in snapshots and backups. Every replica applies the
+//! same log, so every replica gives the same write the same revision; log
+//! entries carry many writes each (see `raft::proposer`), so log indexes
+//! and revisions differ.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,13 +26,17 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::events::{self, Event, EventHub, WatchError, Watcher};
-use super::snapshot::{self, SnapshotError, SnapshotWriter};
+use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_META};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use crate::raft::{Command, CommandResult, Precondition, SnapshotData, TypeConfig};
+use crate::raft::{
+    Command, CommandResult, Precondition, ProposalResult, SnapshotData, TypeConfig,
+};
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+/// The revision of the last write applied (0 before the first).
+const KEY_REVISION: &[u8] = b"revision";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_INSTALL_PENDING: &[u8] = b"install_pending";
@@ -44,6 +56,8 @@ struct CurrentSnapshot {
 pub struct StateMachine {
     db: Db,
     last_applied: Option<LogId>,
+    /// The revision of the last applied write.
+    revision: u64,
     membership: StoredMembership,
     /// Where the snapshot being received from the leader is written.
     receiving: Option<PathBuf>,
@@ -82,10 +96,10 @@ impl StateMachine {
         .await?;
         let last_applied = read_meta::<Option<LogId>>(&db, KEY_LAST_APPLIED)?.flatten();
         let membership = read_meta::<StoredMembership>(&db, KEY_MEMBERSHIP)?.unwrap_or_default();
-        let applied = last_applied.map_or(0, |l| l.index);
+        let revision = read_meta::<u64>(&db, KEY_REVISION)?.unwrap_or(0);
         let db2 = db.clone();
         let events_oldest = blocking(move || -> Result<u64, StoreError> {
-            let oldest = events::read_oldest(&db2, applied)?;
+            let oldest = events::read_oldest(&db2, revision)?;
             // Recorded at once: a database from before the history existed
             // holds no events up to here, and readers must know it.
             db2.rocks()
@@ -96,16 +110,17 @@ impl StateMachine {
         Ok(StateMachine {
             db,
             last_applied,
+            revision,
             membership,
             receiving: None,
             watch_history: events::DEFAULT_WATCH_HISTORY,
             events_oldest,
-            hub: Arc::new(EventHub::new(applied)),
+            hub: Arc::new(EventHub::new(revision)),
         })
     }
 
-    /// Keeps the change history for watches to the last `revisions` log
-    /// indexes (at least 1).
+    /// Keeps the change history for watches to the last `revisions`
+    /// revisions (at least 1).
     pub fn with_watch_history(mut self, revisions: u64) -> StateMachine {
         self.watch_history = revisions.max(1);
         self
@@ -265,15 +280,15 @@ fn decode_snapshot_meta<T: serde::de::DeserializeOwned>(
 }
 
 fn write_snapshot_file(db: &Db, path: &Path) -> Result<(SnapshotMeta, u64), SnapshotError> {
-    let (meta, written) = write_snapshot(db, std::fs::File::create(path)?)?;
-    Ok((meta, written.records))
+    let (header, written) = write_snapshot(db, std::fs::File::create(path)?)?;
+    Ok((header.meta, written.records))
 }
 
 /// Writes a snapshot of the applied state, as of one RocksDB snapshot, into `file`.
 fn write_snapshot(
     db: &Db,
     file: std::fs::File,
-) -> Result<(SnapshotMeta, snapshot::Written), SnapshotError> {
+) -> Result<(SnapshotHeader, snapshot::Written), SnapshotError> {
     let view = db.rocks().snapshot();
     let meta_of = |key: &[u8]| -> Result<Option<Vec<u8>>, SnapshotError> {
         view.get_cf(db.cf(CF_META), key)
@@ -284,6 +299,7 @@ fn write_snapshot(
             .flatten();
     let membership: StoredMembership =
         decode_snapshot_meta(meta_of(KEY_MEMBERSHIP)?, "membership")?.unwrap_or_default();
+    let revision: u64 = decode_snapshot_meta(meta_of(KEY_REVISION)?, "revision")?.unwrap_or(0);
     let snapshot_id = match last_applied {
         Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_millis()),
         None => format!("0-0-{}", unix_millis()),
@@ -293,7 +309,8 @@ fn write_snapshot(
         last_membership: membership,
         snapshot_id,
     };
-    let mut writer = SnapshotWriter::from_file(file, &meta)?;
+    let header = SnapshotHeader { revision, meta };
+    let mut writer = SnapshotWriter::from_file(file, &header)?;
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&view);
     for item in db
@@ -304,7 +321,7 @@ fn write_snapshot(
         writer.record(&key, &raw)?;
     }
     let written = writer.finish_written()?;
-    Ok((meta, written))
+    Ok((header, written))
 }
 
 /// A backup written to an unnamed temporary file, ready to be read from its start.
@@ -312,7 +329,7 @@ fn write_snapshot(
 pub struct BackupFile {
     /// The file; it has no name, so it vanishes when closed (or on a crash).
     pub file: std::fs::File,
-    /// Last applied log index in the backup: every write up to this revision is in it.
+    /// The backup's revision: every write up to this revision is in it, none after.
     pub revision: u64,
     /// Keys in the backup.
     pub keys: u64,
@@ -327,11 +344,11 @@ fn write_backup(db: &Db) -> Result<BackupFile, SnapshotError> {
     use std::io::Seek;
     let file = tempfile::tempfile_in(db.snapshot_dir())?;
     let mut reader = file.try_clone()?;
-    let (meta, written) = write_snapshot(db, file)?;
+    let (header, written) = write_snapshot(db, file)?;
     reader.seek(std::io::SeekFrom::Start(0))?;
     Ok(BackupFile {
         file: reader,
-        revision: meta.last_log_id.map_or(0, |l| l.index),
+        revision: header.revision,
         keys: written.records,
         bytes: written.bytes,
         crc32: written.file_crc32,
@@ -339,13 +356,14 @@ fn write_backup(db: &Db) -> Result<BackupFile, SnapshotError> {
 }
 
 /// Fills an empty state machine from the (verified) backup at `path` for a
-/// restore: its data, `last_applied` and `membership`, then builds the
+/// restore: its data, `last_applied`, `revision` and `membership`, then builds the
 /// current snapshot from them (so that joining nodes receive the restored
 /// membership, not the backup's). Returns the number of keys.
 pub(crate) fn restore_from_backup(
     db: &Db,
     path: &Path,
     last_applied: LogId,
+    revision: u64,
     membership: StoredMembership,
 ) -> Result<u64, SnapshotError> {
     let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
@@ -356,6 +374,8 @@ pub(crate) fn restore_from_backup(
         encode(&Some(last_applied)),
     );
     batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
+    batch.put_cf(db.cf(CF_META), KEY_REVISION, encode(&revision));
+    events::restart_after(db, &mut batch, revision);
     let mut sync = rocksdb::WriteOptions::default();
     sync.set_sync(true);
     db.rocks().write_opt(batch, &sync).map_err(rocks_err)?;
@@ -411,9 +431,10 @@ fn load_snapshot_data(db: &Db, path: &Path) -> Result<(WriteBatch, u64), Snapsho
     Ok((batch, records))
 }
 
-fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotMeta, SnapshotError> {
+fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotHeader, SnapshotError> {
     let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
-    let (meta, records) = snapshot::verify(path)?;
+    let (header, records) = snapshot::verify(path)?;
+    let meta = &header.meta;
     let mut sync = rocksdb::WriteOptions::default();
     sync.set_sync(true);
     db.rocks()
@@ -435,17 +456,19 @@ fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotMeta, Snapsh
         KEY_MEMBERSHIP,
         encode(&meta.last_membership),
     );
-    record_current_snapshot(db, &mut batch, &meta, file);
-    events::restart_after(db, &mut batch, meta.last_log_id.map_or(0, |l| l.index));
+    batch.put_cf(db.cf(CF_META), KEY_REVISION, encode(&header.revision));
+    record_current_snapshot(db, &mut batch, meta, file);
+    events::restart_after(db, &mut batch, header.revision);
     batch.delete_cf(db.cf(CF_META), KEY_INSTALL_PENDING);
     db.rocks().write_opt(batch, &sync).map_err(rocks_err)?;
     remove_other_snapshots(db, file);
     log::info!(
-        "installed snapshot {} ({records} keys, last log id {:?})",
+        "installed snapshot {} ({records} keys, last log id {:?}, revision {})",
         meta.snapshot_id,
-        meta.last_log_id
+        meta.last_log_id,
+        header.revision
     );
-    Ok(meta)
+    Ok(header)
 }
 
 fn check(precondition: Option<Precondition>, current: Option<u64>) -> bool {
@@ -484,7 +507,7 @@ fn apply_command(
     db: &Db,
     batch: &mut WriteBatch,
     overlay: &mut Overlay,
-    index: u64,
+    revision: &mut u64,
     command: Command,
     events: &mut Vec<Arc<Event>>,
 ) -> Result<CommandResult, StorageError> {
@@ -501,6 +524,8 @@ fn apply_command(
                     current: current.map(|(_, m)| m),
                 });
             }
+            *revision += 1;
+            let index = *revision;
             let create = current.map_or(index, |(c, _)| c);
             batch.put_cf(
                 db.cf(CF_DATA),
@@ -530,10 +555,13 @@ fn apply_command(
             if current.is_none() {
                 return Ok(CommandResult::NotFound);
             }
+            *revision += 1;
             batch.delete_cf(db.cf(CF_DATA), &key);
-            events.push(Arc::new(Event::delete(index, &key)));
+            events.push(Arc::new(Event::delete(*revision, &key)));
             overlay.insert(key, None);
-            Ok(CommandResult::Deleted { revision: index })
+            Ok(CommandResult::Deleted {
+                revision: *revision,
+            })
         }
     }
 }
@@ -545,7 +573,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResult>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -557,7 +585,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let mut membership = self.membership.clone();
         let (history, oldest) = (self.watch_history, self.events_oldest);
-        let (results, last_applied, membership, events, oldest) = blocking(move || {
+        let mut revision = self.revision;
+        let (results, last_applied, membership, events, oldest, revision) = blocking(move || {
             let mut batch = WriteBatch::default();
             let mut overlay = Overlay::new();
             let mut events = Vec::new();
@@ -567,42 +596,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 last_applied = Some(entry.log_id);
                 let result = match entry.payload {
-                    EntryPayload::Blank => CommandResult::Applied,
+                    EntryPayload::Blank => ProposalResult::default(),
                     EntryPayload::Membership(m) => {
                         membership = StoredMembership::new(Some(entry.log_id), m);
                         membership_changed = true;
-                        CommandResult::Applied
+                        ProposalResult::default()
                     }
-                    EntryPayload::Normal(command) => apply_command(
-                        &db,
-                        &mut batch,
-                        &mut overlay,
-                        entry.log_id.index,
-                        command,
-                        &mut events,
-                    )?,
+                    EntryPayload::Normal(proposal) => {
+                        let mut results = Vec::with_capacity(proposal.commands.len());
+                        for command in proposal.commands {
+                            results.push(apply_command(
+                                &db,
+                                &mut batch,
+                                &mut overlay,
+                                &mut revision,
+                                command,
+                                &mut events,
+                            )?);
+                        }
+                        ProposalResult { results }
+                    }
                 };
                 results.push(result);
             }
             batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&last_applied));
+            batch.put_cf(db.cf(CF_META), KEY_REVISION, encode(&revision));
             if membership_changed {
                 batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
             }
-            let applied = last_applied.map_or(0, |l| l.index);
-            let oldest = events::record(&db, &mut batch, &events, applied, history, oldest);
+            let oldest = events::record(&db, &mut batch, &events, revision, history, oldest);
             db.rocks()
                 .write(batch)
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            Ok::<_, StorageError>((results, last_applied, membership, events, oldest))
+            Ok::<_, StorageError>((results, last_applied, membership, events, oldest, revision))
         })
         .await?;
         self.last_applied = last_applied;
+        self.revision = revision;
         self.membership = membership;
         self.events_oldest = oldest;
         // Only once the batch is durable in RocksDB: a watcher that
         // subscribes later finds these events in the history instead.
-        self.hub
-            .publish(&events, last_applied.map_or(0, |l| l.index));
+        self.hub.publish(&events, revision);
         Ok(results)
     }
 
@@ -669,11 +704,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         self.db.snapshot_metrics().installed(started.elapsed());
-        self.last_applied = installed.last_log_id;
-        self.membership = installed.last_membership;
-        let applied = self.last_applied.map_or(0, |l| l.index);
-        self.events_oldest = applied + 1;
-        self.hub.reset(applied, self.events_oldest);
+        self.last_applied = installed.meta.last_log_id;
+        self.membership = installed.meta.last_membership;
+        self.revision = installed.revision;
+        self.events_oldest = self.revision + 1;
+        self.hub.reset(self.revision, self.events_oldest);
         Ok(())
     }
 
@@ -768,10 +803,18 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, command: Command) -> Entry {
+        batch_entry(index, vec![command])
+    }
+
+    fn batch_entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Normal(command),
+            payload: EntryPayload::Normal(crate::raft::Proposal { commands }),
         }
+    }
+
+    fn results(applied: Vec<ProposalResult>) -> Vec<CommandResult> {
+        applied.into_iter().flat_map(|p| p.results).collect()
     }
 
     fn put(key: &str, value: &str, precondition: Option<Precondition>) -> Command {
@@ -795,25 +838,28 @@ mod tests {
         sm
     }
 
+    /// Revisions are the state machine's: one per write that changes a
+    /// key, whatever the log indexes (here with gaps, as blank and
+    /// membership entries make them).
     #[tokio::test]
     async fn apply_puts_deletes_and_preconditions_in_one_batch() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open_sm(dir.path()).await;
-        let results = sm
+        let applied = sm
             .apply(vec![
-                entry(1, put("a", "1", Some(Precondition::Absent))),
-                entry(2, put("a", "2", Some(Precondition::Absent))),
-                entry(3, put("a", "3", Some(Precondition::RevisionIs(1)))),
-                entry(4, put("a", "4", Some(Precondition::RevisionIs(1)))),
-                entry(5, delete("b", None)),
-                entry(6, delete("a", Some(Precondition::RevisionIs(2)))),
-                entry(7, delete("a", None)),
-                entry(8, put("a", "8", None)),
+                entry(3, put("a", "1", Some(Precondition::Absent))),
+                entry(4, put("a", "2", Some(Precondition::Absent))),
+                entry(6, put("a", "3", Some(Precondition::RevisionIs(1)))),
+                entry(7, put("a", "4", Some(Precondition::RevisionIs(1)))),
+                entry(9, delete("b", None)),
+                entry(10, delete("a", Some(Precondition::RevisionIs(1)))),
+                entry(11, delete("a", None)),
+                entry(12, put("a", "8", None)),
             ])
             .await
             .unwrap();
         assert_eq!(
-            results,
+            results(applied),
             vec![
                 CommandResult::Written {
                     revision: 1,
@@ -821,15 +867,15 @@ mod tests {
                 },
                 CommandResult::PreconditionFailed { current: Some(1) },
                 CommandResult::Written {
-                    revision: 3,
+                    revision: 2,
                     created: false
                 },
-                CommandResult::PreconditionFailed { current: Some(3) },
+                CommandResult::PreconditionFailed { current: Some(2) },
                 CommandResult::NotFound,
-                CommandResult::PreconditionFailed { current: Some(3) },
-                CommandResult::Deleted { revision: 7 },
+                CommandResult::PreconditionFailed { current: Some(2) },
+                CommandResult::Deleted { revision: 3 },
                 CommandResult::Written {
-                    revision: 8,
+                    revision: 4,
                     created: true
                 },
             ]
@@ -838,10 +884,58 @@ mod tests {
         assert_eq!(stored.value, b"8");
         assert_eq!(
             (stored.meta.create_revision, stored.meta.mod_revision),
-            (8, 8)
+            (4, 4)
         );
         let (applied, _) = sm.applied_state().await.unwrap();
-        assert_eq!(applied.map(|l| l.index), Some(8));
+        assert_eq!(applied.map(|l| l.index), Some(12));
+        assert_eq!(sm.reader().events().published(), 4);
+    }
+
+    /// In one entry, each command sees the ones before it: a precondition
+    /// on a revision written earlier in the same batch holds, and the
+    /// writes get consecutive revisions.
+    #[tokio::test]
+    async fn a_command_sees_the_earlier_commands_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        let applied = sm
+            .apply(vec![batch_entry(
+                5,
+                vec![
+                    put("a", "1", Some(Precondition::Absent)),
+                    put("a", "2", Some(Precondition::Absent)),
+                    put("a", "3", Some(Precondition::RevisionIs(1))),
+                    delete("a", Some(Precondition::RevisionIs(2))),
+                    put("a", "5", Some(Precondition::Absent)),
+                ],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(applied.len(), 1, "one result set per entry");
+        assert_eq!(
+            results(applied),
+            vec![
+                CommandResult::Written {
+                    revision: 1,
+                    created: true
+                },
+                CommandResult::PreconditionFailed { current: Some(1) },
+                CommandResult::Written {
+                    revision: 2,
+                    created: false
+                },
+                CommandResult::Deleted { revision: 3 },
+                CommandResult::Written {
+                    revision: 4,
+                    created: true
+                },
+            ]
+        );
+        let stored = sm.reader().get(b"a".to_vec()).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.value.as_slice(), stored.meta.mod_revision),
+            (&b"5"[..], 4)
+        );
     }
 
     #[tokio::test]
@@ -855,6 +949,16 @@ mod tests {
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));
         assert!(sm.reader().get(b"k".to_vec()).await.unwrap().is_some());
+        // The revision counter goes on where it was.
+        assert_eq!(sm.reader().events().published(), 1);
+        let applied = sm.apply(vec![entry(2, put("k", "w", None))]).await.unwrap();
+        assert_eq!(
+            results(applied),
+            vec![CommandResult::Written {
+                revision: 2,
+                created: false
+            }]
+        );
     }
 
     /// Installing a snapshot replaces the whole state: keys it lacks are gone
@@ -865,13 +969,13 @@ mod tests {
         let mut source = open_sm(source_dir.path()).await;
         source
             .apply(vec![
-                entry(1, put("keep", "1", None)),
-                entry(2, put("gone", "2", None)),
+                entry(5, put("keep", "1", None)),
+                entry(6, put("gone", "2", None)),
             ])
             .await
             .unwrap();
         source
-            .apply(vec![entry(3, delete("gone", None))])
+            .apply(vec![entry(8, delete("gone", None))])
             .await
             .unwrap();
         let mut builder = source.get_snapshot_builder().await;
@@ -905,7 +1009,20 @@ mod tests {
             b"1"
         );
         let (applied, _) = target.applied_state().await.unwrap();
-        assert_eq!(applied.map(|l| l.index), Some(3));
+        assert_eq!(applied.map(|l| l.index), Some(8));
+        // The source's revision came with the snapshot, not the log index.
+        assert_eq!(reader.events().published(), 3);
+        let applied = target
+            .apply(vec![entry(9, put("keep", "2", None))])
+            .await
+            .unwrap();
+        assert_eq!(
+            results(applied),
+            vec![CommandResult::Written {
+                revision: 4,
+                created: false
+            }]
+        );
         let current = target.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.snapshot_id, snapshot.meta.snapshot_id);
         // The history it had is gone: watches start after the snapshot.
@@ -917,6 +1034,11 @@ mod tests {
             })
         );
         assert!(reader.watch(Vec::new(), Some(4)).await.is_ok());
+        let mut reopened = target.reader().watch(Vec::new(), Some(4)).await.unwrap();
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), reopened.next())
+            .await
+            .unwrap();
+        assert!(matches!(&event, Ok(e) if e.revision == 4), "{event:?}");
     }
 
     #[tokio::test]

@@ -175,7 +175,7 @@ async fn watch_resumes_over_batched_revisions() {
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
                 let event: String = buffer.drain(..end + 2).collect();
-                if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id: ")) {
+                if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id:")) {
                     seen.push(id.trim().parse::<u64>().unwrap());
                 }
             }

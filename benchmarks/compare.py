@@ -340,22 +340,29 @@ class Cete(Cluster):
 # ---------------------------------------------------------------- rows
 
 
+WRITE = ["--read-ratio", "0"]
+LINEARIZABLE = ["--read-ratio", "1", "--consistency", "linearizable"]
+STALE = ["--read-ratio", "1", "--consistency", "stale"]
+
+
 def row_set(preload_keys):
-    """(label, section, bench flags, needs keys loaded) in run order."""
-    w = ["--read-ratio", "0"]
+    """(label, `cete bench` flags, reads the keys) of the ordinary rows and of
+    the large-store rows, in run order. Write rows need no keys loaded."""
+    small = ["--keys", str(KEYS)]
     base = [
-        ("write c=1", "main", w + ["-c", "1"], None),
-        ("write c=64", "main", w + ["-c", "64"], None),
-        ("write 4 KiB c=64", "main", w + ["-c", "64", "--value-size", "4096", "--key-prefix", "bench4k/"], None),
-        ("linearizable read c=64", "main", ["-c", "64", "--read-ratio", "1", "--consistency", "linearizable"], KEYS),
-        ("stale read c=64", "main", ["-c", "64", "--read-ratio", "1", "--consistency", "stale"], KEYS),
-        ("90/10 c=64 (linearizable reads)", "main", ["-c", "64", "--read-ratio", "0.9", "--consistency", "linearizable"], KEYS),
+        ("write c=1", small + WRITE + ["-c", "1"], False),
+        ("write c=64", small + WRITE + ["-c", "64"], False),
+        # Its own keys, so the read rows after it still read 100-byte values.
+        ("write 4 KiB c=64", small + WRITE + ["-c", "64", "--value-size", "4096", "--key-prefix", "bench4k/"], False),
+        ("linearizable read c=64", small + LINEARIZABLE + ["-c", "64"], True),
+        ("stale read c=64", small + STALE + ["-c", "64"], True),
+        ("90/10 c=64 (linearizable reads)", small + ["-c", "64", "--read-ratio", "0.9", "--consistency", "linearizable"], True),
     ]
-    big = ["--keys", str(preload_keys), "--key-prefix", "big/"]
+    big = ["--keys", str(preload_keys), "--key-prefix", "big/", "-c", "64"]
     after = [
-        (f"write c=64, {preload_keys:,} keys", "big", w + ["-c", "64"] + big, None),
-        (f"linearizable read c=64, {preload_keys:,} keys", "big", ["-c", "64", "--read-ratio", "1", "--consistency", "linearizable"] + big, preload_keys),
-        (f"stale read c=64, {preload_keys:,} keys", "big", ["-c", "64", "--read-ratio", "1", "--consistency", "stale"] + big, preload_keys),
+        (f"write c=64, {preload_keys:,} keys", big + WRITE, False),
+        (f"linearizable read c=64, {preload_keys:,} keys", big + LINEARIZABLE, True),
+        (f"stale read c=64, {preload_keys:,} keys", big + STALE, True),
     ]
     return base, after
 
@@ -439,12 +446,12 @@ class Runner:
         base, after = row_set(self.opts.preload_keys)
         try:
             loaded = False
-            for label, _, flags, needs in base:
-                if needs and not loaded:
-                    # Reads find every key: write the ones the write rows missed.
-                    self.preload(cluster, target, needs, "bench/", 64)
+            for label, flags, reads in base:
+                if reads and not loaded:
+                    # Every read finds its key: write the ones the write rows missed.
+                    self.preload(cluster, target, KEYS, "bench/", 64)
                     loaded = True
-                results[label] = self.measure(cluster, target, label, ["--keys", str(KEYS)] + flags, state)
+                results[label] = self.measure(cluster, target, label, flags, state)
             if with_sweep_and_big:
                 for c in self.opts.sweep:
                     label = f"write c={c} (sweep)"
@@ -455,7 +462,8 @@ class Runner:
                 notes["preload"] = self.preload(
                     cluster, target, self.opts.preload_keys, "big/", self.opts.preload_concurrency
                 )
-                for label, _, flags, _ in after:
+                # The preload wrote every key: the rows need no check.
+                for label, flags, _ in after:
                     results[label] = self.measure(cluster, target, label, flags, state)
             notes["peak"] = state["peak"]
             notes["hwm_reset"] = state["hwm_reset"]

@@ -243,10 +243,7 @@ impl Api {
                 } else {
                     ""
                 };
-                etcd_call(
-                    "/v3/kv/range",
-                    format!(r#"{{"key":"{}"{extra}}}"#, keys[i]),
-                )
+                etcd_call("/v3/kv/range", format!(r#"{{"key":"{}"{extra}}}"#, keys[i]))
             }
         }
     }
@@ -274,10 +271,8 @@ impl Api {
 
 fn etcd_call(path: &str, body: String) -> Call {
     let mut call = Call::new(Method::POST, path).body(Bytes::from(body));
-    call.headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    call.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     call
 }
 
@@ -507,7 +502,7 @@ async fn preload(client: &Client, args: &BenchArgs, api: &Api, names: &[String])
     let calls: Box<dyn Iterator<Item = Call> + Send + '_> = match api {
         Api::Cete { .. } => Box::new(missing.iter().map(|&i| api.write_call(i))),
         Api::Etcd { keys, value, .. } => {
-            let put = |i: usize| {
+            let put = move |i: usize| {
                 format!(
                     r#"{{"request_put":{{"key":"{}","value":"{value}"}}}}"#,
                     keys[i]
@@ -703,13 +698,16 @@ mod tests {
         );
         let read = api.read_call(0);
         assert_eq!(read.path, "/v3/kv/range");
-        assert_eq!(read.body.as_deref(), Some(&br#"{"key":"YmVuY2gvMA=="}"#[..]));
+        assert_eq!(
+            read.body.as_deref(),
+            Some(&br#"{"key":"YmVuY2gvMA=="}"#[..])
+        );
         let stale = Api::new(&args(&["--consistency", "stale"]), &names, b"hi").unwrap();
         assert_eq!(
             stale.read_call(0).body.as_deref(),
             Some(&br#"{"key":"YmVuY2gvMA==","serializable":true}"#[..])
         );
-        let txn = etcd_txn(&[r#"{"request_put":{}}"#.to_string(); 2]);
+        let txn = etcd_txn(&vec![r#"{"request_put":{}}"#.to_string(); 2]);
         let parsed: Value = serde_json::from_slice(txn.body.as_deref().unwrap()).unwrap();
         assert_eq!(parsed["success"].as_array().unwrap().len(), 2);
     }

@@ -538,7 +538,9 @@ def machine(root, etcd_version, cete_bin):
         src = fs.split()[0]
         dev = Path(src).name.rstrip("0123456789") if src.startswith("/dev/") else ""
         rot = Path(f"/sys/block/{dev}/queue/rotational")
-        kind = {"0": "non-rotational", "1": "rotational"}.get(rot.read_text().strip(), "") if rot.exists() else ""
+        flag = rot.read_text().strip() if rot.exists() else ""
+        kind = {"0": "non-rotational", "1": "rotational"}.get(flag, "")
+        kind = f"{kind} as the kernel reports it" if kind else ""
         disk = f"{fs}{', ' + kind if kind else ''} ({root})"
     except (subprocess.CalledProcessError, FileNotFoundError, IndexError):
         disk = str(root)
@@ -710,6 +712,8 @@ def main():
         "",
         "## How it was measured",
         "",
+        "- Cete/etcd is Cete's ops/s over etcd's (above 1: Cete is faster); in the peak RSS rows it is "
+        "Cete's memory over etcd's (below 1: Cete uses less).",
         "- One load generator for both: `cete bench`, over HTTP/1.1 (Cete's REST API; etcd's v3 JSON "
         "gateway with `--target etcd`). It ran on the same cores as the servers.",
         f"- {KEYS:,} keys picked uniformly at random, 100-byte values unless the row says otherwise "

@@ -4,6 +4,8 @@
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
 #   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
+#   make bench-compare   Cete against etcd 3.4 on this machine, one table of ratios
+#                  (benchmarks/compare.py; slow, needs a quiet machine; not in `make test`)
 #   make fmt | clippy | clean | bench | help
 #
 # Variables:
@@ -13,6 +15,7 @@
 #   BENCH_ADDRESS     node HTTP address for `make bench` (default $CETE_ADDRESS, else
 #                     http://127.0.0.1:8000)
 #   BENCH_ARGS        extra `cete bench` flags, e.g. "-c 32 -d 30 --read-ratio 0.9"
+#   BENCH_COMPARE_ARGS  flags for benchmarks/compare.py, e.g. "--smoke" or "--duration 5"
 #   SKIP_SETUP=1      do not run scripts/setup.sh first
 
 SHELL := bash
@@ -26,6 +29,7 @@ PYTHON  ?= python3
 ARGS    ?=
 BENCH_ADDRESS ?= $(or $(CETE_ADDRESS),http://127.0.0.1:8000)
 BENCH_ARGS    ?=
+BENCH_COMPARE_ARGS ?=
 BINS    := cete cete-server
 
 # `make build CARGO_TARGET_DIR=...` works like the environment variable.
@@ -49,7 +53,7 @@ triple = $(shell rustc -vV | sed -n 's/^host: //p')
 phase = @printf '\n==> %s\n' $(1)
 
 .PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
-	openapi-check helm-check dist bench clean
+	openapi-check helm-check dist bench bench-compare clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -115,6 +119,11 @@ dist: build
 bench:
 	$(call phase,"bench: cete bench against $(BENCH_ADDRESS)")
 	$(CARGO) run --release -p cete-cli -- --address '$(BENCH_ADDRESS)' bench $(BENCH_ARGS)
+
+# Installs etcd if missing, builds the release binaries, runs both systems.
+bench-compare:
+	$(call phase,"bench-compare: benchmarks/compare.py $(BENCH_COMPARE_ARGS)")
+	$(PYTHON) benchmarks/compare.py $(BENCH_COMPARE_ARGS)
 
 clean:
 	$(CARGO) clean

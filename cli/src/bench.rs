@@ -9,17 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::cli::BenchArgs;
-use crate::client::{ApiError, Call, Client, Options, TransportError};
+use crate::cli::{BenchArgs, BenchTarget, Consistency};
+use crate::client::{ApiError, Call, Client, Options, Reply, TransportError};
 use crate::commands::{print_pretty, write_stdout};
 use crate::urls;
 
@@ -158,11 +161,159 @@ impl Stop {
     }
 }
 
+/// etcd's default `--max-txn-ops`: the most puts one preload transaction carries.
+const ETCD_TXN_OPS: usize = 128;
+/// Bytes of values and keys per preload transaction, well under etcd's
+/// default 1.5 MiB request limit.
+const ETCD_TXN_BYTES: usize = 1 << 20;
+/// Keys per page when listing what already exists.
+const CETE_LIST_PAGE: usize = 1000;
+const ETCD_LIST_PAGE: usize = 10_000;
+
+/// The key space, and how one read or write is sent to the target.
+enum Api {
+    /// `PUT`/`GET /v1/data/KEY`.
+    Cete {
+        paths: Vec<String>,
+        value: Bytes,
+        read_query: Option<String>,
+    },
+    /// `POST /v3/kv/put` and `/v3/kv/range` with base64 keys and value.
+    Etcd {
+        keys: Vec<String>,
+        value: String,
+        serializable: bool,
+    },
+}
+
+impl Api {
+    fn new(args: &BenchArgs, names: &[String], value: &[u8]) -> Result<Api> {
+        Ok(match args.target {
+            BenchTarget::Cete => Api::Cete {
+                paths: names
+                    .iter()
+                    .map(|k| crate::commands::data_path(k))
+                    .collect::<Result<Vec<_>>>()?,
+                value: Bytes::copy_from_slice(value),
+                read_query: urls::query_string(
+                    &args
+                        .consistency
+                        .map(|c| vec![("consistency", c.as_str().to_string())])
+                        .unwrap_or_default(),
+                ),
+            },
+            // etcd reads are linearizable unless asked to be serializable.
+            BenchTarget::Etcd => Api::Etcd {
+                keys: names.iter().map(|k| B64.encode(k)).collect(),
+                value: B64.encode(value),
+                serializable: args.consistency == Some(Consistency::Stale),
+            },
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Api::Cete { paths, .. } => paths.len(),
+            Api::Etcd { keys, .. } => keys.len(),
+        }
+    }
+
+    fn write_call(&self, i: usize) -> Call {
+        match self {
+            Api::Cete { paths, value, .. } => {
+                Call::new(Method::PUT, paths[i].clone()).body(value.clone())
+            }
+            Api::Etcd { keys, value, .. } => etcd_call(
+                "/v3/kv/put",
+                format!(r#"{{"key":"{}","value":"{value}"}}"#, keys[i]),
+            ),
+        }
+    }
+
+    fn read_call(&self, i: usize) -> Call {
+        match self {
+            Api::Cete {
+                paths, read_query, ..
+            } => Call::get(paths[i].clone()).query(read_query.clone()),
+            Api::Etcd {
+                keys, serializable, ..
+            } => {
+                let extra = if *serializable {
+                    r#","serializable":true"#
+                } else {
+                    ""
+                };
+                etcd_call("/v3/kv/range", format!(r#"{{"key":"{}"{extra}}}"#, keys[i]))
+            }
+        }
+    }
+
+    /// Sends one operation; `Err` names the kind of failure.
+    async fn send(&self, client: &Client, call: &Call, is_read: bool) -> Result<(), String> {
+        match self {
+            Api::Cete { .. } => client
+                .call(call)
+                .await
+                .map(drop)
+                .map_err(|e| error_kind(&e)),
+            Api::Etcd { .. } => {
+                let reply = etcd_send(client, call).await?;
+                // A range for a missing key is a 200 without `kvs`; Cete
+                // answers 404 KeyNotFound, so count it the same way.
+                if is_read && !contains(&reply.body, br#""kvs""#) {
+                    return Err("KeyNotFound".to_string());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn etcd_call(path: &str, body: String) -> Call {
+    let mut call = Call::new(Method::POST, path).body(Bytes::from(body));
+    call.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    call
+}
+
+/// Sends a call to etcd's gateway; a non-2xx answer becomes the kind of
+/// error named by its `message` (`etcdserver: request timed out`, ...).
+async fn etcd_send(client: &Client, call: &Call) -> Result<Reply, String> {
+    let reply = client
+        .execute(call)
+        .await
+        .map_err(|e| e.kind().to_string())?;
+    if reply.status.is_success() {
+        return Ok(reply);
+    }
+    let message = serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| format!("HTTP {}", reply.status.as_u16()));
+    Err(message)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The end of etcd's range for keys starting with `prefix` (its
+/// `clientv3.GetPrefixRangeEnd`): the prefix with its last byte below 0xff
+/// incremented; `\0` (all keys) when there is none.
+fn etcd_prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 struct Plan {
-    paths: Vec<String>,
-    value: Bytes,
+    api: Api,
     read_ratio: f64,
-    read_query: Option<String>,
     stop: Stop,
 }
 
@@ -194,24 +345,36 @@ pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
     let names: Vec<String> = (0..args.keys)
         .map(|i| format!("{}{i:0width$}", args.key_prefix))
         .collect();
-    let paths = names
-        .iter()
-        .map(|k| crate::commands::data_path(k))
-        .collect::<Result<Vec<_>>>()?;
     let mut value = vec![0u8; args.value_size];
     StdRng::from_os_rng().fill(&mut value[..]);
-    let value = Bytes::from(value);
+    let api = Api::new(&args, &names, &value)?;
 
-    if args.read_ratio > 0.0 {
-        preload(&writer, &args, &names, &paths, &value).await?;
+    if args.preload_only {
+        let started = Instant::now();
+        let written = preload(&writer, &args, &api, &names).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if args.json {
+            print_pretty(&json!({
+                "target": args.target.as_str(),
+                "keys": args.keys,
+                "preloaded": written,
+                "elapsed_s": round3(elapsed),
+            }))?;
+        } else {
+            write_stdout(
+                format!(
+                    "bench: preloaded {written} of {} keys in {elapsed:.2} s\n",
+                    args.keys
+                )
+                .as_bytes(),
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.read_ratio > 0.0 && !args.no_preload {
+        preload(&writer, &args, &api, &names).await?;
     }
 
-    let read_query = urls::query_string(
-        &args
-            .consistency
-            .map(|c| vec![("consistency", c.as_str().to_string())])
-            .unwrap_or_default(),
-    );
     let stop = match args.requests {
         Some(total) => Stop::After {
             sent: AtomicU64::new(0),
@@ -220,10 +383,8 @@ pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
         None => Stop::At(Instant::now() + args.duration),
     };
     let plan = Arc::new(Plan {
-        paths,
-        value,
+        api,
         read_ratio: args.read_ratio,
-        read_query,
         stop,
     });
 
@@ -255,6 +416,7 @@ pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
     if args.json {
         let report = json!({
             "config": {
+                "target": args.target.as_str(),
                 "address": writer.base().as_str(),
                 "read_addresses": readers.iter().map(|c| c.base().as_str()).collect::<Vec<_>>(),
                 "concurrency": args.concurrency,
@@ -274,7 +436,8 @@ pub async fn run(args: BenchArgs, base: Options) -> Result<ExitCode> {
         print_pretty(&report)?;
     } else {
         let mut out = format!(
-            "bench: {} clients, {} keys, {}-byte values, read ratio {:.2}, {:.2} s\n",
+            "bench: {}, {} clients, {} keys, {}-byte values, read ratio {:.2}, {:.2} s\n",
+            args.target.as_str(),
             args.concurrency,
             args.keys,
             args.value_size,
@@ -301,61 +464,80 @@ async fn worker(plan: Arc<Plan>, writer: Arc<Client>, reader: Arc<Client>) -> (S
     let mut reads = Stats::new();
     let mut writes = Stats::new();
     while !plan.stop.reached() {
-        let path = &plan.paths[rng.random_range(0..plan.paths.len())];
+        let i = rng.random_range(0..plan.api.len());
         let is_read = plan.read_ratio > 0.0 && rng.random::<f64>() < plan.read_ratio;
-        let started = Instant::now();
-        if is_read {
-            let call = Call::get(path.clone()).query(plan.read_query.clone());
-            let outcome = reader.call(&call).await;
-            reads.record(
-                outcome.map(drop).map_err(|e| error_kind(&e)),
-                started.elapsed(),
-            );
+        let (call, client, stats) = if is_read {
+            (plan.api.read_call(i), &reader, &mut reads)
         } else {
-            let call = Call::new(Method::PUT, path.clone()).body(plan.value.clone());
-            let outcome = writer.call(&call).await;
-            writes.record(
-                outcome.map(drop).map_err(|e| error_kind(&e)),
-                started.elapsed(),
-            );
-        }
+            (plan.api.write_call(i), &writer, &mut writes)
+        };
+        let started = Instant::now();
+        let outcome = plan.api.send(client, &call, is_read).await;
+        stats.record(outcome, started.elapsed());
     }
     (reads, writes)
 }
 
-/// Writes the keys the read benchmark needs and that do not exist yet.
-async fn preload(
-    client: &Client,
-    args: &BenchArgs,
-    names: &[String],
-    paths: &[String],
-    value: &Bytes,
-) -> Result<()> {
-    let existing = existing_keys(client, &args.key_prefix).await?;
-    let missing: Vec<&String> = names
-        .iter()
-        .zip(paths)
-        .filter(|(name, _)| !existing.contains(*name))
-        .map(|(_, path)| path)
+/// Writes the keys of the key space that do not exist yet (Cete: one PUT
+/// each; etcd: transactions of many puts), `--concurrency` requests at a
+/// time. Returns how many it wrote.
+async fn preload(client: &Client, args: &BenchArgs, api: &Api, names: &[String]) -> Result<u64> {
+    let existing = match api {
+        Api::Cete { .. } => existing_keys(client, &args.key_prefix).await?,
+        Api::Etcd { .. } => etcd_existing_keys(client, &args.key_prefix).await?,
+    };
+    let missing: Vec<usize> = (0..names.len())
+        .filter(|&i| !existing.contains(&names[i]))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     eprintln!(
         "bench: preloading {} of {} keys",
         missing.len(),
         names.len()
     );
-    let mut writes = futures::stream::iter(missing)
-        .map(|path| {
-            let call = Call::new(Method::PUT, path.clone()).body(value.clone());
-            async move { client.call(&call).await }
+    // Requests are built as they are sent: a million keys' worth of bodies
+    // would be hundreds of megabytes.
+    let calls: Box<dyn Iterator<Item = Call> + Send + '_> = match api {
+        Api::Cete { .. } => Box::new(missing.iter().map(|&i| api.write_call(i))),
+        Api::Etcd { keys, value, .. } => {
+            let put = move |i: usize| {
+                format!(
+                    r#"{{"request_put":{{"key":"{}","value":"{value}"}}}}"#,
+                    keys[i]
+                )
+            };
+            let per_txn = (ETCD_TXN_BYTES / put(missing[0]).len()).clamp(1, ETCD_TXN_OPS);
+            Box::new(
+                missing
+                    .chunks(per_txn)
+                    .map(move |chunk| etcd_txn(&chunk.iter().map(|&i| put(i)).collect::<Vec<_>>())),
+            )
+        }
+    };
+    let mut sent = futures::stream::iter(calls)
+        .map(|call| async move {
+            match api {
+                Api::Cete { .. } => client.call(&call).await.map(drop),
+                Api::Etcd { .. } => etcd_send(client, &call)
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::msg),
+            }
         })
         .buffer_unordered(args.concurrency as usize);
-    while let Some(result) = writes.next().await {
+    while let Some(result) = sent.next().await {
         result.context("preloading the benchmark keys")?;
     }
-    Ok(())
+    Ok(missing.len() as u64)
+}
+
+fn etcd_txn(puts: &[String]) -> Call {
+    etcd_call(
+        "/v3/kv/txn",
+        format!(r#"{{"success":[{}]}}"#, puts.join(",")),
+    )
 }
 
 async fn existing_keys(client: &Client, prefix: &str) -> Result<HashSet<String>> {
@@ -364,7 +546,7 @@ async fn existing_keys(client: &Client, prefix: &str) -> Result<HashSet<String>>
     loop {
         let mut pairs = vec![
             ("prefix", prefix.to_string()),
-            ("limit", "1000".to_string()),
+            ("limit", CETE_LIST_PAGE.to_string()),
         ];
         if let Some(after) = &start_after {
             pairs.push(("start_after", after.clone()));
@@ -391,9 +573,57 @@ async fn existing_keys(client: &Client, prefix: &str) -> Result<HashSet<String>>
     }
 }
 
+/// The keys under `prefix` in etcd, listed in pages of keys-only ranges.
+async fn etcd_existing_keys(client: &Client, prefix: &str) -> Result<HashSet<String>> {
+    let end = B64.encode(etcd_prefix_end(prefix.as_bytes()));
+    // An empty prefix is the whole key space: etcd's `\0` to `\0`.
+    let mut from = if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.as_bytes().to_vec()
+    };
+    let mut keys = HashSet::new();
+    loop {
+        let body = format!(
+            r#"{{"key":"{}","range_end":"{end}","keys_only":true,"limit":{ETCD_LIST_PAGE}}}"#,
+            B64.encode(&from)
+        );
+        let reply = etcd_send(client, &etcd_call("/v3/kv/range", body))
+            .await
+            .map_err(|e| anyhow::anyhow!("listing the benchmark keys in etcd: {e}"))?;
+        let page = reply.json()?;
+        let mut last = None;
+        for kv in page
+            .get("kvs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let raw = kv
+                .get("key")
+                .and_then(Value::as_str)
+                .and_then(|k| B64.decode(k).ok())
+                .context("etcd listed a key that is not base64")?;
+            if let Ok(k) = String::from_utf8(raw.clone()) {
+                keys.insert(k);
+            }
+            last = Some(raw);
+        }
+        match last {
+            // The next page starts just after the last key listed.
+            Some(mut raw) if page.get("more").and_then(Value::as_bool) == Some(true) => {
+                raw.push(0);
+                from = raw;
+            }
+            _ => return Ok(keys),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn summary_percentiles_and_line() {
@@ -437,6 +667,49 @@ mod tests {
             s.line("reads:"),
             "reads:  1 ops, 0 errors, 0.5 ops/s, latency ms p50 1.500 p99 1.500 p99.9 1.500 max 1.500"
         );
+    }
+
+    #[test]
+    fn etcd_prefix_end_is_the_next_prefix() {
+        assert_eq!(etcd_prefix_end(b"bench/"), b"bench0");
+        assert_eq!(etcd_prefix_end(b"a\xff"), b"b");
+        assert_eq!(etcd_prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(etcd_prefix_end(b""), b"\0");
+    }
+
+    #[test]
+    fn etcd_calls_carry_base64_json() {
+        let names = vec!["bench/0".to_string(), "bench/1".to_string()];
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["cete", "bench", "--target", "etcd"];
+            argv.extend_from_slice(extra);
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Bench(a) => a,
+                other => panic!("{other:?}"),
+            }
+        };
+        let api = Api::new(&args(&[]), &names, b"hi").unwrap();
+        let put = api.write_call(1);
+        assert_eq!(put.method, Method::POST);
+        assert_eq!(put.path, "/v3/kv/put");
+        assert_eq!(
+            put.body.as_deref(),
+            Some(&br#"{"key":"YmVuY2gvMQ==","value":"aGk="}"#[..])
+        );
+        let read = api.read_call(0);
+        assert_eq!(read.path, "/v3/kv/range");
+        assert_eq!(
+            read.body.as_deref(),
+            Some(&br#"{"key":"YmVuY2gvMA=="}"#[..])
+        );
+        let stale = Api::new(&args(&["--consistency", "stale"]), &names, b"hi").unwrap();
+        assert_eq!(
+            stale.read_call(0).body.as_deref(),
+            Some(&br#"{"key":"YmVuY2gvMA==","serializable":true}"#[..])
+        );
+        let txn = etcd_txn(&vec![r#"{"request_put":{}}"#.to_string(); 2]);
+        let parsed: Value = serde_json::from_slice(txn.body.as_deref().unwrap()).unwrap();
+        assert_eq!(parsed["success"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -280,6 +280,39 @@ pub struct BenchArgs {
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// The API to drive: Cete's REST API, or etcd's v3 JSON gateway (for a
+    /// comparison under the same load; --address and --addresses then name
+    /// etcd client URLs, and writes must go to etcd's leader).
+    #[arg(long, value_enum, default_value_t = BenchTarget::Cete)]
+    pub target: BenchTarget,
+    /// Write every key of the key space that does not exist yet, then exit
+    /// without measuring (etcd: transactions of up to 128 puts).
+    #[arg(long, conflicts_with_all = ["duration", "requests", "read_ratio", "consistency", "addresses"])]
+    pub preload_only: bool,
+    /// Do not check for (and write) missing keys before reading: the key
+    /// space is already loaded, e.g. by a `--preload-only` run. Reads of
+    /// missing keys count as KeyNotFound errors.
+    #[arg(long, conflicts_with = "preload_only")]
+    pub no_preload: bool,
+}
+
+/// Which server `cete bench` speaks to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// Cete's REST API: PUT and GET /v1/data/KEY.
+    Cete,
+    /// etcd's v3 JSON gateway: POST /v3/kv/put and /v3/kv/range, base64 keys
+    /// and values; `--consistency stale` is a serializable range.
+    Etcd,
+}
+
+impl BenchTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchTarget::Cete => "cete",
+            BenchTarget::Etcd => "etcd",
+        }
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Rounds that may overlap by default.
-pub const DEFAULT_ROUNDS: usize = 3;
+pub const DEFAULT_ROUNDS: usize = 2;
 
 /// Batches calls of one async fetch; see the module docs.
 pub struct ReadBatcher<T> {

@@ -99,8 +99,10 @@ openapi-check:
 	$(call phase,"openapi: $(PYTHON) tests/openapi_check.py")
 	$(PYTHON) tests/openapi_check.py
 
+# The real helm and kubernetes-validate, installed by scripts/setup-helm.sh.
 helm-check:
-	$(call phase,"helm: scripts/check-helm.sh")
+	$(call phase,"helm: scripts/check-helm.sh (helm lint and template, kubernetes-validate, values.schema.json)")
+	$(if $(SKIP_SETUP),,scripts/setup-helm.sh)
 	scripts/check-helm.sh
 
 dist: build

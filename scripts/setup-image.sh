@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the image test (tests/image/) needs, and only what is missing:
 #   - podman and its helpers (apt), with runc and the CNI dnsname plugin, so that
-#     containers on one podman network find each other by name
+#     containers on one podman network find each other by name; curl, which the
+#     README's Docker commands use
 #   - /etc/containers/containers.conf: runtime runc and lower default ulimits (see below);
 #     only these two keys are set, everything else in the file is kept
 #   - the base image debian:bookworm-slim, made locally with debootstrap from the
@@ -13,7 +14,7 @@ set -euo pipefail
 HADOLINT_VERSION=2.15.1
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
 APT_PACKAGES=(podman buildah runc uidmap slirp4netns fuse-overlayfs debootstrap
-    golang-github-containernetworking-plugin-dnsname)
+    golang-github-containernetworking-plugin-dnsname curl)
 CONF=/etc/containers/containers.conf
 
 say() { printf 'setup-image: %s\n' "$*"; }

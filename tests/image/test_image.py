@@ -376,7 +376,7 @@ def cluster(pm, helm):
     keys = {f"k{i}": f"v{i}" for i in range(20)}
     for k, v in keys.items():
         status, body = http(port[leader], "PUT", f"/v1/data/{k}", v.encode())
-        if status != 200:
+        if status != 201:
             raise Failure(f"PUT {k} on the leader: {status} {body!r}")
     # Through a follower: the CLI follows its redirect to the leader's pod DNS name.
     podman("exec", follower, "cete", "set", "via-follower", "yes")
@@ -405,7 +405,7 @@ def cluster(pm, helm):
         if not has_all(name, "linearizable"):
             raise Failure(f"{name} lost data after the leader stopped")
     status, body = http(port[new_leader], "PUT", "/v1/data/after-failover", b"kept")
-    if status != 200:
+    if status != 201:
         raise Failure(f"PUT after failover: {status} {body!r}")
     keys["after-failover"] = "kept"
 

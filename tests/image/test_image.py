@@ -73,7 +73,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http(port, method, path, body=None):
+def request(port, method, path, body=None):
     """One request to 127.0.0.1:port; returns (status, body bytes). Redirects are not followed."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -85,7 +85,7 @@ def http(port, method, path, body=None):
 
 
 def http_json(port, path):
-    status, body = http(port, "GET", path)
+    status, body = request(port, "GET", path)
     if status != 200:
         raise Failure(f"GET {path} on :{port}: {status} {body[:200]!r}")
     return json.loads(body)
@@ -118,6 +118,8 @@ class Podman:
 
     def logs(self):
         for c in self.containers:
+            if podman("container", "exists", c, check=False).returncode != 0:
+                continue
             p = podman("logs", "--tail", "60", c, check=False)
             print(f"--- podman logs --tail 60 {c}\n{p.stdout}{p.stderr}", file=sys.stderr)
 
@@ -298,9 +300,8 @@ def readme(pm):
     port = free_port()
     pm.containers.append(name)
     podman("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", pm.tag)
-    node = wait_for("default command serving", lambda: http_json(port, "/v1/node")["node"], 30)
-    if node["id"] != "node1" or node["state"] != "Leader":
-        raise Failure(f"default command: node is {node}")
+    wait_for("default command: node1 leading",
+             lambda: (n := http_json(port, "/v1/node")["node"])["id"] == "node1" and n["leader"] == "node1", 30)
     ls = podman("exec", name, "ls", "/var/lib/cete/data").stdout.split()
     if not ls:
         raise Failure("default command: nothing in /var/lib/cete/data")
@@ -375,7 +376,7 @@ def cluster(pm, helm):
     follower = next(p for p in pods if p != leader)
     keys = {f"k{i}": f"v{i}" for i in range(20)}
     for k, v in keys.items():
-        status, body = http(port[leader], "PUT", f"/v1/data/{k}", v.encode())
+        status, body = request(port[leader], "PUT", f"/v1/data/{k}", v.encode())
         if status != 201:
             raise Failure(f"PUT {k} on the leader: {status} {body!r}")
     # Through a follower: the CLI follows its redirect to the leader's pod DNS name.
@@ -384,7 +385,7 @@ def cluster(pm, helm):
 
     def has_all(name, consistency):
         for k, v in keys.items():
-            status, body = http(port[name], "GET", f"/v1/data/{k}?consistency={consistency}")
+            status, body = request(port[name], "GET", f"/v1/data/{k}?consistency={consistency}")
             if status != 200 or body.decode() != v:
                 return False
         return True
@@ -404,7 +405,7 @@ def cluster(pm, helm):
     for name in rest:
         if not has_all(name, "linearizable"):
             raise Failure(f"{name} lost data after the leader stopped")
-    status, body = http(port[new_leader], "PUT", "/v1/data/after-failover", b"kept")
+    status, body = request(port[new_leader], "PUT", "/v1/data/after-failover", b"kept")
     if status != 201:
         raise Failure(f"PUT after failover: {status} {body!r}")
     keys["after-failover"] = "kept"

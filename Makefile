@@ -2,7 +2,8 @@
 #
 #   make build     release binaries, copied to ./bin/ (cete, cete-server)
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
-#   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks
+#   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks,
+#                  the image test (podman)
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
 #   make bench-compare   Cete against etcd 3.4 on this machine, one table of ratios
 #                  (benchmarks/compare.py; slow, needs a quiet machine; not in `make test`)
@@ -53,7 +54,7 @@ triple = $(shell rustc -vV | sed -n 's/^host: //p')
 phase = @printf '\n==> %s\n' $(1)
 
 .PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
-	openapi-check helm-check dist bench bench-compare clean
+	openapi-check helm-check image-test dist bench bench-compare clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -75,7 +76,7 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: setup fmt-check clippy test-build test-cargo openapi-check helm-check
+test: setup fmt-check clippy test-build test-cargo openapi-check helm-check image-test
 	$(call phase,"test: all checks passed")
 
 fmt-check:
@@ -103,9 +104,21 @@ openapi-check:
 	$(call phase,"openapi: $(PYTHON) tests/openapi_check.py")
 	$(PYTHON) tests/openapi_check.py
 
+# The real helm and kubernetes-validate, installed by scripts/setup-helm.sh.
 helm-check:
-	$(call phase,"helm: scripts/check-helm.sh")
+	$(call phase,"helm: scripts/check-helm.sh (helm lint and template, kubernetes-validate, values.schema.json)")
+	$(if $(SKIP_SETUP),,scripts/setup-helm.sh)
 	scripts/check-helm.sh
+
+# The image built with podman from the Dockerfile's prebuilt target (the debug binaries
+# test-build made), the README's Docker commands, and a cluster started the chart's way.
+# podman, the base image and hadolint come from scripts/setup-image.sh (root, apt).
+image-test: setup test-build
+	$(call phase,"image: tests/image/test_image.py (hadolint, podman build, README commands, chart-style cluster)")
+	@t=$$SECONDS; \
+	$(if $(SKIP_SETUP),,scripts/setup-helm.sh && scripts/setup-image.sh && ) \
+	$(PYTHON) tests/image/test_image.py --bin-dir '$(target_dir)/debug'; \
+	echo "image: phase took $$((SECONDS - t)) s (setup included)"
 
 dist: build
 	$(call phase,"dist: dist/cete-$(version)-$(triple).tar.gz")

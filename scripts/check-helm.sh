@@ -1,14 +1,131 @@
 #!/usr/bin/env bash
-# Checks the Helm chart in helm/cete without helm (it is not in the package
-# registries CI can reach): the files are present, Chart.yaml and values.yaml
-# parse, Chart.yaml has what helm requires, template actions are balanced,
-# every `include "x"` names a defined template, and every .Values.x.y that a
-# template uses exists in values.yaml. Exits non-zero with a list of problems.
+# Checks the Helm chart in helm/cete with the real helm (scripts/setup-helm.sh installs it):
+#   1. `helm lint --strict`, with the defaults and with each value set below
+#   2. `helm template` with each value set, every rendered manifest validated offline
+#      against the Kubernetes 1.31 schemas (`kubernetes-validate --strict`), and the
+#      rendering checked for what the value set should change (replicas, TLS, volumes)
+#   3. values.schema.json rejects nonsense: lint and template must both fail on each bad value
+#   4. what helm does not check: every .Values.x.y a template uses exists in values.yaml
+#      (a missing one renders as empty), and Chart.yaml's name is the directory's name
+# Exits non-zero at the first failure, saying what failed.
 #
 # Usage: scripts/check-helm.sh [chart-dir]   (default: helm/cete)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec python3 - "${1:-helm/cete}" <<'PY'
+chart=${1:-helm/cete}
+started=$SECONDS
+
+say() { printf 'check-helm: %s\n' "$*"; }
+die() { printf 'check-helm: FAILED: %s\n' "$*" >&2; exit 1; }
+
+helm=${CETE_TOOLS_DIR:-$HOME/.cache/cete-tools}/bin/helm
+[ -x "$helm" ] || helm=$(command -v helm || true)
+[ -n "$helm" ] || die "helm not found: run scripts/setup-helm.sh"
+python3 -m kubernetes_validate --version >/dev/null 2>&1 ||
+    die "kubernetes-validate not found: run scripts/setup-helm.sh"
+say "$("$helm" version --short), kubernetes-validate $(python3 -m kubernetes_validate --version)"
+
+# name|helm flags; facts() below asserts what each set changes in the rendering.
+value_sets=(
+    "defaults|"
+    "replicas-5|--set replicas=5"
+    "tls|--set tls.secretName=cete-tls --set tls.commonName=cete.example.com"
+    "no-persistence|--set persistence.enabled=false"
+)
+# Each must be refused by the schema: a cluster of none, a negative or zero size, unknown keys,
+# a log level the server does not know, a port out of range.
+bad_values=(
+    "--set replicas=0"
+    "--set replicas=-1"
+    "--set persistence.size=-1Gi"
+    "--set-string persistence.size=0Gi"
+    "--set persistence.size=5"
+    "--set replica=3"
+    "--set persistence.sise=1Gi"
+    "--set logLevel=loud"
+    "--set ports.http=70000"
+)
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Asserts what a value set must change in the rendered manifests ($1: set name, $2: YAML file).
+facts() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+
+import yaml
+
+name = sys.argv[1]
+with open(sys.argv[2], encoding="utf-8") as f:
+    docs = [d for d in yaml.safe_load_all(f) if d]
+kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+want = ["PodDisruptionBudget/cete", "Service/cete", "Service/cete-headless", "StatefulSet/cete"]
+problems = [] if kinds == want else [f"rendered {kinds}, expected {want}"]
+sts = next(d for d in docs if d["kind"] == "StatefulSet")
+pod = sts["spec"]["template"]["spec"]
+c = pod["containers"][0]
+env = {e["name"]: e.get("value") for e in c["env"]}
+volumes = {v["name"]: v for v in pod.get("volumes", [])}
+claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+
+
+def expect(cond, what):
+    if not cond:
+        problems.append(what)
+
+
+# The image's entrypoint does the pod-0-bootstraps logic: the chart must not bypass it.
+expect("command" not in c and c.get("args") == ["cete-server"], "container must run the image entrypoint with args [cete-server]")
+expect(env.get("CETE_POD0_GRPC_ADDRESS") == "cete-0.cete-headless.default.svc.cluster.local:9000",
+       f"CETE_POD0_GRPC_ADDRESS is {env.get('CETE_POD0_GRPC_ADDRESS')!r}")
+expect(sts["spec"]["replicas"] == (5 if name == "replicas-5" else 3), f"replicas is {sts['spec']['replicas']}")
+tls = name == "tls"
+expect(("CETE_CERTIFICATE_FILE" in env) == tls, "CETE_CERTIFICATE_FILE set iff TLS is on")
+expect((env.get("CETE_COMMON_NAME") == "cete.example.com") == tls, "CETE_COMMON_NAME set iff given")
+expect(("tls" in volumes) == tls, "tls volume present iff TLS is on")
+for probe in ("readinessProbe", "livenessProbe"):
+    scheme = c[probe]["httpGet"]["scheme"]
+    expect(scheme == ("HTTPS" if tls else "HTTP"), f"{probe} scheme is {scheme}")
+persistent = name != "no-persistence"
+expect(claims == (["data"] if persistent else []), f"volumeClaimTemplates are {claims}")
+expect(("data" in volumes and "emptyDir" in volumes["data"]) == (not persistent), "emptyDir data volume iff no persistence")
+if problems:
+    sys.exit("\n".join(f"  - {p}" for p in problems))
+PY
+}
+
+# --- 1 and 2: lint, render, validate --------------------------------------------
+for entry in "${value_sets[@]}"; do
+    name=${entry%%|*}
+    read -r -a flags <<<"${entry#*|}"
+    "$helm" lint --strict "$chart" "${flags[@]}" >"$tmp/lint.out" 2>&1 ||
+        { cat "$tmp/lint.out" >&2; die "helm lint --strict ($name)"; }
+    "$helm" template cete "$chart" "${flags[@]}" >"$tmp/$name.yaml" 2>"$tmp/template.err" ||
+        { cat "$tmp/template.err" >&2; die "helm template ($name)"; }
+    python3 -m kubernetes_validate --strict -k 1.31 - <"$tmp/$name.yaml" >"$tmp/kv.out" 2>&1 ||
+        { cat "$tmp/kv.out" >&2; die "kubernetes-validate --strict -k 1.31 ($name)"; }
+    facts "$name" "$tmp/$name.yaml" || die "rendering with $name is not what it should be (above)"
+    say "$name: lint --strict ok; template ok; $(grep -c '^INFO - passed' "$tmp/kv.out") manifests valid for Kubernetes 1.31; renders as expected"
+done
+
+# --- 3: the schema refuses nonsense ---------------------------------------------
+for bad in "${bad_values[@]}"; do
+    for cmd in lint template; do
+        args=(lint --strict "$chart")
+        [ "$cmd" = template ] && args=(template cete "$chart")
+        read -r -a flags <<<"$bad"
+        if "$helm" "${args[@]}" "${flags[@]}" >"$tmp/bad.out" 2>&1; then
+            die "helm $cmd accepted $bad (values.schema.json should refuse it)"
+        fi
+        grep -q "don't meet the specifications of the schema" "$tmp/bad.out" ||
+            { cat "$tmp/bad.out" >&2; die "helm $cmd $bad failed, but not because of the schema"; }
+    done
+    say "$bad: refused by lint and template ($(grep -m1 -- '^- ' "$tmp/bad.out"))"
+done
+
+# --- 4: chart and values agree --------------------------------------------------
+python3 - "$chart" <<'PY' || die "chart and values.yaml disagree (above)"
 import os
 import re
 import sys
@@ -17,112 +134,30 @@ import yaml
 
 chart = sys.argv[1]
 problems = []
-REQUIRED = [
-    "Chart.yaml",
-    "values.yaml",
-    "templates/_helpers.tpl",
-    "templates/NOTES.txt",
-    "templates/statefulset.yaml",
-    "templates/service-headless.yaml",
-    "templates/service.yaml",
-    "templates/pdb.yaml",
-]
-
-
-def load(rel):
-    path = os.path.join(chart, rel)
-    try:
+with open(os.path.join(chart, "Chart.yaml"), encoding="utf-8") as f:
+    name = yaml.safe_load(f)["name"]
+if name != os.path.basename(os.path.normpath(chart)):
+    problems.append(f"Chart.yaml: name {name!r} differs from the directory name")
+with open(os.path.join(chart, "values.yaml"), encoding="utf-8") as f:
+    values = yaml.safe_load(f)
+ref = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+count = 0
+for root, _, files in os.walk(os.path.join(chart, "templates")):
+    for file in sorted(files):
+        path = os.path.join(root, file)
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        problems.append(f"{rel}: {e}")
-        return None
-
-
-missing = [rel for rel in REQUIRED if not os.path.isfile(os.path.join(chart, rel))]
-problems += [f"{rel}: missing" for rel in missing]
-print(f"check-helm: {chart}: {len(REQUIRED) - len(missing)}/{len(REQUIRED)} required files present")
-
-meta = load("Chart.yaml")
-if isinstance(meta, dict):
-    for key in ("apiVersion", "name", "version"):
-        if not meta.get(key):
-            problems.append(f"Chart.yaml: no {key}")
-    if meta.get("apiVersion") not in (None, "v2"):
-        problems.append(f"Chart.yaml: apiVersion is {meta.get('apiVersion')!r}, expected v2")
-    if meta.get("name") and meta["name"] != os.path.basename(os.path.normpath(chart)):
-        problems.append(f"Chart.yaml: name {meta['name']!r} differs from the directory name")
-    print("check-helm: Chart.yaml parses (apiVersion, name, version)")
-elif meta is not None:
-    problems.append("Chart.yaml: not a mapping")
-
-values = load("values.yaml")
-if values is not None and not isinstance(values, dict):
-    problems.append("values.yaml: not a mapping")
-    values = None
-if values is not None:
-    print("check-helm: values.yaml parses")
-
-ACTION = re.compile(r"{{-?\s*(.*?)\s*-?}}", re.S)
-VALUES_REF = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
-OPENS = re.compile(r"^(if|range|with|define|block)\b")
-defined, included, refs = set(), [], []
-tdir = os.path.join(chart, "templates")
-templates = sorted(
-    os.path.join(root, name)
-    for root, _, names in os.walk(tdir)
-    for name in names
-) if os.path.isdir(tdir) else []
-for path in templates:
-    rel = os.path.relpath(path, chart)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text.count("{{") != text.count("}}"):
-        problems.append(f"{rel}: {text.count('{{')} '{{{{' but {text.count('}}')} '}}}}'")
-    depth = 0
-    for m in ACTION.finditer(text):
-        action = m.group(1)
-        if action.startswith("/*"):
-            continue
-        if OPENS.match(action):
-            depth += 1
-        elif re.match(r"^end\b", action):
-            depth -= 1
-            if depth < 0:
-                problems.append(f"{rel}: 'end' without an opening if/range/with/define")
-                depth = 0
-        d = re.match(r'^define\s+"([^"]+)"', action)
-        if d:
-            defined.add(d.group(1))
-        included += [(rel, name) for name in re.findall(r'(?:include|template)\s+"([^"]+)"', action)]
-        refs += [(rel, r.group(1)[1:]) for r in VALUES_REF.finditer(action)]
-    if depth:
-        problems.append(f"{rel}: {depth} if/range/with/define block(s) without 'end'")
-    if rel.endswith((".yaml", ".yml")) and "\t" in text:
-        problems.append(f"{rel}: contains a tab (YAML indentation must be spaces)")
-print(f"check-helm: {len(templates)} template file(s) checked for balanced actions, {len(defined)} named template(s) defined")
-
-for rel, name in included:
-    if name not in defined:
-        problems.append(f"{rel}: include \"{name}\" but no template defines it")
-print(f"check-helm: {len(included)} include(s) checked against the defined templates")
-
-if values is not None:
-    for rel, dotted in refs:
-        node = values
-        for part in dotted.split("."):
-            if isinstance(node, dict) and part in node:
+            text = f.read()
+        for m in ref.finditer(text):
+            count += 1
+            node = values
+            for part in m.group(1)[1:].split("."):
+                if not (isinstance(node, dict) and part in node):
+                    problems.append(f"{os.path.relpath(path, chart)}: .Values{m.group(1)} is not in values.yaml")
+                    break
                 node = node[part]
-            else:
-                problems.append(f"{rel}: .Values.{dotted} is not in values.yaml")
-                break
-    print(f"check-helm: {len(refs)} .Values reference(s) ({len(set(d for _, d in refs))} distinct) checked against values.yaml")
-
-problems = list(dict.fromkeys(problems))
 if problems:
-    print(f"check-helm: {len(problems)} problem(s):", file=sys.stderr)
-    for p in problems:
-        print(f"  - {p}", file=sys.stderr)
-    sys.exit(1)
-print("check-helm: ok")
+    sys.exit("\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
+print(f"check-helm: {count} .Values references in the templates all exist in values.yaml")
 PY
+
+say "ok ($((SECONDS - started)) s)"

@@ -4,8 +4,8 @@
 #   - PyYAML and openapi-spec-validator (pip): tests/openapi_check.py
 #   - rustfmt and clippy (rustup), if the toolchain lacks them: `make test` runs both
 # Safe to run again: every step first checks whether it is already done.
-# Helm is not installed (it is not in the package registries CI can reach);
-# scripts/check-helm.sh validates the chart with Python instead.
+# The packaging checks install their own tools when `make test` reaches them:
+# scripts/setup-helm.sh (helm, kubernetes-validate) and scripts/setup-image.sh (podman, hadolint).
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -73,5 +73,4 @@ else
     rustup component add "${missing[@]}" || die "rustup component add ${missing[*]} failed"
 fi
 
-say "helm: not installed (not available from the package registries); scripts/check-helm.sh checks the chart"
 say "done"

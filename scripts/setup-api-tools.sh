@@ -4,9 +4,10 @@
 # other checks install into the system python):
 #   - schemathesis (PyPI): fuzzes the live server against openapi.yaml
 #   - openapi-python-client (PyPI): generates the Python client the client test uses
-# The venv is $CETE_TOOLS_VENV (default /root/.cache/cete-tools/venv, or
-# ~/.cache/cete-tools/venv for other users). Safe to run again: nothing is done when the
-# pinned versions are already there.
+# Their dependencies are pinned too (tests/api/constraints.txt), so that a seeded
+# schemathesis run generates the same cases everywhere.
+# The venv is $CETE_TOOLS_VENV (default ~/.cache/cete-tools/venv). Safe to run again:
+# nothing is done when the venv already holds exactly the pinned set.
 set -euo pipefail
 
 SCHEMATHESIS_VERSION=4.32.5
@@ -17,13 +18,16 @@ die() { printf 'setup-api-tools: error: %s\n' "$*" >&2; exit 1; }
 
 venv=${CETE_TOOLS_VENV:-${HOME:-/root}/.cache/cete-tools/venv}
 py="$venv/bin/python"
+constraints="$(cd "$(dirname "$0")/.." && pwd)/tests/api/constraints.txt"
+[ -f "$constraints" ] || die "$constraints is missing"
+# Written after a successful install: the venv holds the set this file pins.
+stamp="$venv/.cete-constraints.sha256"
+want=$(sha256sum "$constraints" | cut -d' ' -f1)
 
 installed() {
-    [ -x "$py" ] && "$py" - "$SCHEMATHESIS_VERSION" "$OPENAPI_PYTHON_CLIENT_VERSION" <<'EOF' >/dev/null 2>&1
-import sys
-from importlib.metadata import version
-sys.exit(0 if (version("schemathesis"), version("openapi-python-client")) == tuple(sys.argv[1:]) else 1)
-EOF
+    [ -x "$py" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+        "$py" -c 'import sys; from importlib.metadata import version as v; sys.exit((v("schemathesis"), v("openapi-python-client")) != tuple(sys.argv[1:]))' \
+            "$SCHEMATHESIS_VERSION" "$OPENAPI_PYTHON_CLIENT_VERSION" >/dev/null 2>&1
 }
 
 if installed; then
@@ -47,10 +51,11 @@ if [ ! -x "$py" ]; then
     }
 fi
 
-say "installing schemathesis==$SCHEMATHESIS_VERSION openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION into $venv"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip install --quiet \
+say "installing schemathesis==$SCHEMATHESIS_VERSION openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION (dependencies from tests/api/constraints.txt) into $venv"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip install --quiet --constraint "$constraints" \
     "schemathesis==$SCHEMATHESIS_VERSION" \
     "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION" ||
     die "pip install into $venv failed"
+echo "$want" >"$stamp"
 installed || die "the pinned versions are still not importable from $venv"
 say "installed"

@@ -25,7 +25,10 @@ PACKAGE = "cete_client"
 
 def generate(into):
     """Runs the generator; returns its combined output. Raises if it failed."""
-    generator = os.path.join(os.path.dirname(sys.executable), "openapi-python-client")
+    tools = os.path.dirname(sys.executable)
+    generator = os.path.join(tools, "openapi-python-client")
+    # Its default post-hooks run ruff (one of its dependencies), found on PATH.
+    env = {**os.environ, "PATH": tools + os.pathsep + os.environ.get("PATH", "")}
     run = subprocess.run(
         [
             generator,
@@ -36,6 +39,7 @@ def generate(into):
             f"--config={GENERATOR_CONFIG}",
         ],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

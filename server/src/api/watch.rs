@@ -48,6 +48,23 @@ fn start_of(
     start_revision: Option<&str>,
     last_event_id: Option<&str>,
 ) -> Result<Option<u64>, ApiError> {
+    // A bad start_revision is refused even when the header wins: never silently ignored.
+    let from_query = match start_revision {
+        None => None,
+        Some(raw) => match revision(raw) {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => {
+                return Err(ApiError::bad_request(
+                    "InvalidArgument",
+                    format!(
+                        "start_revision must be a whole number from 0 to {}, not '{raw}'",
+                        i64::MAX
+                    ),
+                ))
+            }
+        },
+    };
     if let Some(id) = last_event_id.map(str::trim) {
         return revision(id)
             .map(|id| Some(id.saturating_add(1)))
@@ -58,20 +75,7 @@ fn start_of(
                 )
             });
     }
-    match start_revision {
-        None => Ok(None),
-        Some(raw) => match revision(raw) {
-            Some(0) => Ok(None),
-            Some(n) => Ok(Some(n)),
-            None => Err(ApiError::bad_request(
-                "InvalidArgument",
-                format!(
-                    "start_revision must be a whole number from 0 to {}, not '{raw}'",
-                    i64::MAX
-                ),
-            )),
-        },
-    }
+    Ok(from_query)
 }
 
 /// A revision as the API documents it: an int64 that is not negative (clients in most
@@ -226,6 +230,7 @@ mod tests {
         );
         assert!(start_of(Some("9223372036854775808"), None).is_err());
         assert!(start_of(None, Some("9223372036854775808")).is_err());
+        assert!(start_of(Some("9223372036854775808"), Some("0")).is_err());
         assert!(start_of(None, Some("")).is_err());
     }
 

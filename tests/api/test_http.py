@@ -8,7 +8,6 @@ import urllib.error
 import urllib.request
 
 import requests
-
 from harness import SPEC, NodeTestCase
 
 LIMIT = 65536

@@ -2,7 +2,7 @@
 #
 #   make build     release binaries, copied to ./bin/ (cete, cete-server)
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
-#   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks,
+#   make test      fmt check, clippy, build, unit + integration tests, openapi, API and helm checks,
 #                  the image test (podman)
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
 #   make bench-compare   Cete against etcd 3.4 on this machine, one table of ratios
@@ -18,6 +18,9 @@
 #   BENCH_ARGS        extra `cete bench` flags, e.g. "-c 32 -d 30 --read-ratio 0.9"
 #   BENCH_COMPARE_ARGS  flags for benchmarks/compare.py, e.g. "--smoke" or "--duration 5"
 #   SKIP_SETUP=1      do not run scripts/setup.sh first
+#   CETE_TOOLS_VENV   virtual environment of the API tools (scripts/setup-api-tools.sh;
+#                     default ~/.cache/cete-tools/venv)
+#   SCHEMATHESIS_ARGS extra schemathesis options for `make api-check`, e.g. --max-examples=200
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -32,6 +35,7 @@ BENCH_ADDRESS ?= $(or $(CETE_ADDRESS),http://127.0.0.1:8000)
 BENCH_ARGS    ?=
 BENCH_COMPARE_ARGS ?=
 BINS    := cete cete-server
+TOOLS_VENV ?= $(or $(CETE_TOOLS_VENV),$(HOME)/.cache/cete-tools/venv)
 
 # `make build CARGO_TARGET_DIR=...` works like the environment variable.
 ifdef CARGO_TARGET_DIR
@@ -41,6 +45,11 @@ endif
 # The integration tests read CETE_SOAK; pass it through when it is set.
 ifdef CETE_SOAK
 export CETE_SOAK
+endif
+
+# tests/api/test_schemathesis.py reads SCHEMATHESIS_ARGS.
+ifdef SCHEMATHESIS_ARGS
+export SCHEMATHESIS_ARGS
 endif
 
 # Computed only in the recipes that need them (cargo metadata/rustc cost a moment).
@@ -54,7 +63,7 @@ triple = $(shell rustc -vV | sed -n 's/^host: //p')
 phase = @printf '\n==> %s\n' $(1)
 
 .PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
-	openapi-check helm-check image-test dist bench bench-compare clean
+	openapi-check api-check helm-check image-test dist bench bench-compare clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -76,7 +85,7 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: setup fmt-check clippy test-build test-cargo openapi-check helm-check image-test
+test: setup fmt-check clippy test-build test-cargo openapi-check api-check helm-check image-test
 	$(call phase,"test: all checks passed")
 
 fmt-check:
@@ -103,6 +112,12 @@ test-cargo: test-build
 openapi-check:
 	$(call phase,"openapi: $(PYTHON) tests/openapi_check.py")
 	$(PYTHON) tests/openapi_check.py
+
+# schemathesis, a client generated from openapi.yaml and Python's HTTP clients against a
+# live debug node (tests/api, run with the tools' own Python: scripts/setup-api-tools.sh).
+api-check: test-build
+	$(call phase,"api: tests/api (schemathesis, generated client, Python HTTP clients) against a live node")
+	CETE_SERVER_BIN='$(target_dir)/debug/cete-server' '$(TOOLS_VENV)/bin/python' -m unittest discover -s tests/api -t tests/api -v
 
 # The real helm and kubernetes-validate, installed by scripts/setup-helm.sh.
 helm-check:

@@ -3,6 +3,7 @@
 #   - libclang-dev (apt): librocksdb-sys runs bindgen, which loads libclang
 #   - PyYAML and openapi-spec-validator (pip): tests/openapi_check.py
 #   - rustfmt and clippy (rustup), if the toolchain lacks them: `make test` runs both
+#   - schemathesis and openapi-python-client, pinned, in a venv: scripts/setup-api-tools.sh
 # Safe to run again: every step first checks whether it is already done.
 # The packaging checks install their own tools when `make test` reaches them:
 # scripts/setup-helm.sh (helm, kubernetes-validate) and scripts/setup-image.sh (podman, hadolint).
@@ -72,5 +73,8 @@ else
     say "${missing[*]}: installing with rustup"
     rustup component add "${missing[@]}" || die "rustup component add ${missing[*]} failed"
 fi
+
+# --- API tools (schemathesis, openapi-python-client) in their own venv ------------
+"$(dirname "$0")/setup-api-tools.sh"
 
 say "done"

@@ -4,18 +4,27 @@
 //!
 //! A plain-text request on the HTTPS port gets a `400` saying so and the connection is
 //! closed, as Go's net/http does, instead of a TLS alert the client cannot read (or a hang).
+//!
+//! Every connection closes with a lingering close (see [`Lingering`]), so that a client that
+//! writes its whole body before reading (Python's urllib and requests, Go's net/http) reads
+//! an early answer such as `413` instead of a connection reset.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
@@ -23,6 +32,13 @@ use tower_service::Service;
 const TLS_HANDSHAKE: u8 = 0x16;
 /// How long in-flight requests get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A lingering close reads (and discards) what the client still sends for at most this
+/// long in all (nginx: `lingering_time`)...
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// ...or until it sends nothing for this long (nginx: `lingering_timeout`)...
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+/// ...or until it has sent this much.
+const LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Whether the request came over TLS; in every request's extensions, so handlers can build
 /// URLs with the right scheme (e.g. the redirect to the leader).
@@ -111,7 +127,7 @@ pub async fn serve<S>(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let result = match acceptor {
-                None => conn.serve(stream).await,
+                None => conn.serve(Lingering::new(stream)).await,
                 Some(acceptor) => conn.serve_tls(stream, acceptor).await,
             };
             if let Err(e) = result {
@@ -157,6 +173,7 @@ where
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.into()),
         }
+        let stream = Lingering::new(stream);
         let tls = tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream))
             .await
             .map_err(|_| "TLS handshake timed out")?
@@ -189,6 +206,104 @@ where
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         watcher.watch(conn).await
+    }
+}
+
+/// A connection's socket whose shutdown is a lingering close, as nginx does it: send FIN
+/// after the last response, then read and discard what the client still sends until it
+/// closes its side, or [`LINGER_IDLE`], [`LINGER_TIME`] or [`LINGER_MAX_BYTES`] is reached,
+/// and only then close the socket.
+///
+/// Closing a socket with unread data in it makes the kernel send a reset, and a client that
+/// is still writing a body the server has already refused (a `413` for a declared length,
+/// say) gets that reset instead of the answer waiting in its receive buffer. hyper shuts the
+/// connection down after its last response (and once it gives up on an unread body); with
+/// TLS this sits under the TLS stream, so the TLS close comes first.
+struct Lingering<I> {
+    io: I,
+    linger: Option<Linger>,
+}
+
+struct Linger {
+    write_closed: bool,
+    drained: u64,
+    deadline: Pin<Box<Sleep>>,
+    idle: Pin<Box<Sleep>>,
+    buf: Box<[u8]>,
+}
+
+impl<I> Lingering<I> {
+    fn new(io: I) -> Lingering<I> {
+        Lingering { io, linger: None }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Lingering<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let linger = this.linger.get_or_insert_with(|| Linger {
+            write_closed: false,
+            drained: 0,
+            deadline: Box::pin(tokio::time::sleep(LINGER_TIME)),
+            idle: Box::pin(tokio::time::sleep(LINGER_IDLE)),
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+        });
+        if !linger.write_closed {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            linger.write_closed = true;
+        }
+        loop {
+            if linger.drained >= LINGER_MAX_BYTES
+                || linger.deadline.as_mut().poll(cx).is_ready()
+                || linger.idle.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut linger.buf);
+            match ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())), // the client closed
+                Ok(()) => {
+                    linger.drained += buf.filled().len() as u64;
+                    linger.idle.as_mut().reset(Instant::now() + LINGER_IDLE);
+                }
+                // Reset by the client: nothing left to protect.
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -227,7 +342,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = watch::channel(false);
-        let routes = warp::path("ok").map(|| "fine");
+        // `/early` answers without reading the request body, as a 413 for a declared
+        // length does.
+        let early = warp::path("early")
+            .map(|| warp::reply::with_status("too large", http::StatusCode::PAYLOAD_TOO_LARGE));
+        let routes = warp::path("ok").map(|| "fine").or(early);
         let limits = Limits {
             header_read_timeout: Duration::from_millis(300),
         };
@@ -284,6 +403,31 @@ mod tests {
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("fine"),
             "{answer}"
         );
+    }
+
+    /// A client that writes its whole body before it reads (as Python's urllib does) reads
+    /// an answer the server sent without reading that body: the close lingers, so it is
+    /// not reset.
+    #[tokio::test]
+    async fn an_early_answer_survives_a_body_sent_in_full() {
+        let (addr, _stop) = start(None).await;
+        let body = vec![b'x'; 16 * 1024 * 1024];
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "PUT /early HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client.write_all(&body))
+            .await
+            .expect("the server reads what the client sends")
+            .expect("the server does not reset the connection while the client writes");
+        let answer = String::from_utf8(read_until_closed(&mut client).await).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("too large"), "{answer}");
     }
 
     #[tokio::test]

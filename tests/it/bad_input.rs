@@ -389,8 +389,8 @@ async fn malformed_requests_get_clear_errors() {
             case(
                 "join: nobody listens",
                 join(r#"{"metadata":{"grpc_addr":"127.0.0.1:1"}}"#),
-                502,
-                Some("PeerUnavailable"),
+                409,
+                Some("NodeUnreachable"),
             ),
             case(
                 "join: not an address",

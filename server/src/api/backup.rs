@@ -8,12 +8,12 @@
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
-use serde::Deserialize;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::data::{parse_query, text_param};
 use super::error::node_error;
-use super::{parse_consistency, with_node};
+use super::{parse_consistency, raw_query, with_node};
 use crate::node::Cete;
 
 /// Read size of the streamed body.
@@ -23,17 +23,16 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
     warp::path!("v1" / "snapshot")
         .and(warp::get())
         .and(with_node(node))
-        .and(warp::query::<BackupQuery>())
+        .and(raw_query())
         .then(backup)
 }
 
-#[derive(Debug, Deserialize)]
-struct BackupQuery {
-    consistency: Option<String>,
-}
-
-async fn backup(node: Arc<Cete>, query: BackupQuery) -> Response {
-    let consistency = match parse_consistency(query.consistency.as_deref()) {
+async fn backup(node: Arc<Cete>, query: String) -> Response {
+    // As strict as the other routes: an unknown or repeated parameter is refused.
+    let consistency = match parse_query(&query, &["consistency"])
+        .and_then(|q| text_param(&q, "consistency"))
+        .and_then(|c| parse_consistency(c.as_deref()))
+    {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };

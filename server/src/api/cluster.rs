@@ -102,6 +102,7 @@ fn cluster_json(node: &Cete) -> Response {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JoinMetadata {
     grpc_addr: Option<String>,
     grpc_address: Option<String>,
@@ -109,16 +110,43 @@ struct JoinMetadata {
     http_address: Option<String>,
 }
 
-/// The original's join body; only `metadata.grpc_addr` is required: the
-/// rest is asked of the joining node itself. Both spellings of each field
-/// are read, and other fields are allowed so that a node's own `/v1/node`
-/// description can be sent as is.
+/// The original's join body (the `JoinRequest` schema); only
+/// `metadata.grpc_addr` is required: the rest is asked of the joining node
+/// itself. Either spelling of a field is read, not both; an unknown field is
+/// refused rather than ignored (a typo must not pass unnoticed).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JoinBody {
     bind_addr: Option<String>,
     raft_address: Option<String>,
     #[serde(default)]
     metadata: JoinMetadata,
+    /// The original's bodies carry it; accepted and ignored.
+    #[serde(rename = "state")]
+    _state: Option<String>,
+}
+
+impl JoinBody {
+    /// The first field given in both spellings, if any.
+    fn both_spellings(&self) -> Option<&'static str> {
+        let m = &self.metadata;
+        [
+            (
+                "bind_addr and raft_address",
+                self.bind_addr.is_some() && self.raft_address.is_some(),
+            ),
+            (
+                "metadata.grpc_addr and metadata.grpc_address",
+                m.grpc_addr.is_some() && m.grpc_address.is_some(),
+            ),
+            (
+                "metadata.http_addr and metadata.http_address",
+                m.http_addr.is_some() && m.http_address.is_some(),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(fields, both)| both.then_some(fields))
+    }
 }
 
 /// `host:port`, as a peer's gRPC address must be (so a typo is a 400, not
@@ -148,6 +176,13 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
                 .into_response()
         }
     };
+    if let Some(fields) = body.both_spellings() {
+        return ApiError::bad_request(
+            "InvalidJson",
+            format!("invalid join body: {fields} are the same field; give one"),
+        )
+        .into_response();
+    }
     let non_empty = |a: &String| !a.is_empty();
     let Some(grpc_addr) = body
         .metadata
@@ -172,7 +207,7 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     }
     let (info, state) = match node.fetch_node_info(&grpc_addr).await {
         Ok(found) => found,
-        Err(e) => return node_error(e, None),
+        Err(e) => return unreachable_target(e, &grpc_addr),
     };
     if info.name != id {
         return ApiError::new(
@@ -211,12 +246,30 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
         // empty; anything else is refused (409).
         log::info!("preparing {} ({state}) to join", info.name);
         if let Err(e) = node.prepare_remote_join(&grpc_addr, &info.name).await {
-            return node_error(e, None);
+            return unreachable_target(e, &grpc_addr);
         }
     }
     match node.join(info).await {
         Ok(()) => warp::reply::json(&json!({})).into_response(),
         Err(e) => node_error(e, Some(&target)),
+    }
+}
+
+/// A join target that cannot be reached is the request's problem, not the cluster's:
+/// the client named an address where no node answers (not started yet, or a typo).
+/// `409 NodeUnreachable`: the request conflicts with the state of the node it names,
+/// which the client can resolve (start the node, fix the address) and then repeat the
+/// request (RFC 9110, section 15.5.10); a 5xx would say the cluster is failing. Other
+/// errors map as usual.
+fn unreachable_target(err: Error, grpc_addr: &str) -> Response {
+    match err {
+        Error::PeerUnavailable(detail) => ApiError::new(
+            StatusCode::CONFLICT,
+            "NodeUnreachable",
+            format!("no node answers at metadata.grpc_addr {grpc_addr}; is it running? ({detail})"),
+        )
+        .into_response(),
+        other => node_error(other, None),
     }
 }
 

@@ -12,7 +12,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::error::{node_error, ApiError};
-use super::{limited_body, parse_consistency, request_target, with_node, RequestTarget};
+use super::{limited_body, parse_consistency, raw_query, request_target, with_node, RequestTarget};
 use crate::errors::Error;
 use crate::node::Cete;
 use crate::raft::{Command, CommandResult, Precondition};
@@ -72,11 +72,6 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
     list.or(get).unify().or(put).unify().or(delete).unify()
 }
 
-/// The raw query string, empty when there is none.
-fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::query::raw().or(warp::any().map(String::new)).unify()
-}
-
 /// The byte offset of the first `%` that does not start a valid escape.
 fn bad_escape(bytes: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -100,7 +95,7 @@ fn bad_escape(bytes: &[u8]) -> Option<usize> {
 /// most once, with valid percent-encoding (`+` is a space, as in forms).
 /// Values are bytes, so binary prefixes work like binary keys. Anything
 /// else is refused rather than ignored.
-fn parse_query(
+pub(super) fn parse_query(
     raw: &str,
     allowed: &[&'static str],
 ) -> Result<BTreeMap<&'static str, Vec<u8>>, ApiError> {
@@ -137,7 +132,7 @@ fn parse_query(
 }
 
 /// A query parameter that must be text.
-fn text_param(
+pub(super) fn text_param(
     params: &BTreeMap<&'static str, Vec<u8>>,
     name: &str,
 ) -> Result<Option<String>, ApiError> {
@@ -185,34 +180,59 @@ fn check_key(key: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `If-Match: "7"` (or `7`, or `W/"7"`) and `If-None-Match: *`.
+/// What the conditional headers of a write ask for.
+#[derive(Debug, PartialEq, Eq)]
+enum Condition {
+    /// Apply if this holds (`None`: unconditionally).
+    Apply(Option<Precondition>),
+    /// `If-Match` and `If-None-Match: *` together: the key must exist at a revision and
+    /// not exist, so the condition is false whatever the key's state (RFC 9110, section
+    /// 13.2.2, evaluates both): `412`, nothing written.
+    Never,
+}
+
+/// `If-Match: "7"` (or `7`, or `W/"7"`) and `If-None-Match: *`; each is checked for its
+/// syntax first (`400` when malformed).
 fn precondition(
     if_match: Option<&str>,
     if_none_match: Option<&str>,
-) -> Result<Option<Precondition>, ApiError> {
-    match (if_match, if_none_match) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "InvalidArgument",
-            "If-Match and If-None-Match cannot be combined",
-        )),
-        (Some(tag), None) => {
+) -> Result<Condition, ApiError> {
+    let revision = if_match
+        .map(|tag| {
             let rev = tag.trim().trim_start_matches("W/").trim_matches('"');
-            rev.parse::<u64>()
-                .map(|r| Some(Precondition::RevisionIs(r)))
-                .map_err(|_| {
-                    ApiError::bad_request(
-                        "InvalidArgument",
-                        format!("If-Match must be a revision such as \"7\", not {tag}"),
-                    )
-                })
+            rev.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "InvalidArgument",
+                    format!("If-Match must be a revision such as \"7\", not {tag}"),
+                )
+            })
+        })
+        .transpose()?;
+    let absent = match if_none_match {
+        None => false,
+        Some(tag) if tag.trim() == "*" => true,
+        Some(tag) => {
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                format!("only If-None-Match: * is supported, not {tag}"),
+            ))
         }
-        (None, Some(tag)) if tag.trim() == "*" => Ok(Some(Precondition::Absent)),
-        (None, Some(tag)) => Err(ApiError::bad_request(
-            "InvalidArgument",
-            format!("only If-None-Match: * is supported, not {tag}"),
-        )),
-        (None, None) => Ok(None),
-    }
+    };
+    Ok(match (revision, absent) {
+        (Some(_), true) => Condition::Never,
+        (Some(rev), false) => Condition::Apply(Some(Precondition::RevisionIs(rev))),
+        (None, true) => Condition::Apply(Some(Precondition::Absent)),
+        (None, false) => Condition::Apply(None),
+    })
+}
+
+fn contradictory_precondition() -> Response {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "PreconditionFailed",
+        "precondition failed: If-Match needs the key to exist and If-None-Match: * needs it not to",
+    )
+    .into_response()
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
@@ -297,7 +317,8 @@ async fn put(
         return e.into_response();
     }
     let precondition = match precondition(if_match.as_deref(), if_none_match.as_deref()) {
-        Ok(p) => p,
+        Ok(Condition::Apply(p)) => p,
+        Ok(Condition::Never) => return contradictory_precondition(),
         Err(e) => return e.into_response(),
     };
     let command = Command::Put {
@@ -341,7 +362,8 @@ async fn delete(
         return e.into_response();
     }
     let precondition = match precondition(if_match.as_deref(), None) {
-        Ok(p) => p,
+        Ok(Condition::Apply(p)) => p,
+        Ok(Condition::Never) => unreachable!("no If-None-Match on a delete"),
         Err(e) => return e.into_response(),
     };
     match node
@@ -461,14 +483,25 @@ mod tests {
     fn preconditions_parse() {
         assert_eq!(
             precondition(Some("\"7\""), None).unwrap(),
-            Some(Precondition::RevisionIs(7))
+            Condition::Apply(Some(Precondition::RevisionIs(7)))
+        );
+        assert_eq!(
+            precondition(Some("W/\"7\""), None).unwrap(),
+            Condition::Apply(Some(Precondition::RevisionIs(7)))
         );
         assert_eq!(
             precondition(None, Some("*")).unwrap(),
-            Some(Precondition::Absent)
+            Condition::Apply(Some(Precondition::Absent))
         );
         assert!(precondition(Some("x"), None).is_err());
-        assert!(precondition(Some("1"), Some("*")).is_err());
-        assert_eq!(precondition(None, None).unwrap(), None);
+        assert!(precondition(None, Some("\"1\"")).is_err());
+        assert_eq!(
+            precondition(Some("1"), Some("*")).unwrap(),
+            Condition::Never
+        );
+        // Malformed is malformed, also next to the other header.
+        assert!(precondition(Some("x"), Some("*")).is_err());
+        assert!(precondition(Some("1"), Some("x")).is_err());
+        assert_eq!(precondition(None, None).unwrap(), Condition::Apply(None));
     }
 }

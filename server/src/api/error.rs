@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use http::header::{HeaderValue, LOCATION, RETRY_AFTER};
+use http::header::{HeaderValue, CONNECTION, LOCATION, RETRY_AFTER};
 use http::StatusCode;
 use serde_json::json;
 use warp::reply::Response;
@@ -115,7 +115,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let err = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
     } else if let Some(e) = rejection.find::<super::BodyTooLarge>() {
-        ApiError::new(
+        let mut response = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "ValueTooLarge",
             format!(
@@ -123,6 +123,13 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
                 e.limit
             ),
         )
+        .into_response();
+        // The rest of the body is not read, so the connection cannot carry another
+        // request: say so, and the server closes it (lingering, see http_server).
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
     } else if rejection.find::<super::BodyTimeout>().is_some() {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,

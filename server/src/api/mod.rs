@@ -81,6 +81,12 @@ pub(crate) fn with_node(
     warp::any().map(move || node.clone())
 }
 
+/// The raw query string, empty when there is none.
+pub(crate) fn raw_query(
+) -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
 /// The path and raw query of the request, to rebuild it on the leader.
 pub(crate) fn request_target() -> impl Filter<Extract = (RequestTarget,), Error = Rejection> + Clone
 {
@@ -217,7 +223,7 @@ where
 
 pub(crate) fn parse_consistency(value: Option<&str>) -> Result<Consistency, ApiError> {
     match value {
-        None | Some("linearizable") | Some("") => Ok(Consistency::Linearizable),
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
         Some("stale") => Ok(Consistency::Stale),
         Some(other) => Err(ApiError::bad_request(
             "InvalidArgument",

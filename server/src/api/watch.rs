@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use warp::reply::Response;
 use warp::sse;
 use warp::{Filter, Rejection, Reply};
 
+use super::data::{parse_query, text_param};
 use super::error::{error_body, node_error, ApiError};
-use super::with_node;
+use super::{raw_query, with_node};
 use crate::node::{watch_error, Cete};
 use crate::store::events::{Event, EventKind, Watcher};
 
@@ -34,54 +35,68 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
     warp::path!("v1" / "watch")
         .and(warp::get())
         .and(with_node(node))
-        .and(warp::query::<WatchQuery>())
+        .and(raw_query())
         .and(warp::header::optional::<String>("last-event-id"))
         .then(watch)
 }
 
-#[derive(Debug, Deserialize)]
-struct WatchQuery {
-    prefix: Option<String>,
-    start_revision: Option<String>,
-}
-
 /// The first revision wanted: after `Last-Event-ID` (a reconnecting
 /// EventSource repeats the original query, so the header wins), else
-/// `start_revision`; `None` (or 0) means from the next change on.
+/// `start_revision`; `None` (or 0) means from the next change on. Either one given
+/// empty is refused: it is not a revision.
 fn start_of(
     start_revision: Option<&str>,
     last_event_id: Option<&str>,
 ) -> Result<Option<u64>, ApiError> {
-    if let Some(id) = last_event_id.map(str::trim).filter(|id| !id.is_empty()) {
-        return id
-            .parse::<u64>()
+    // A bad start_revision is refused even when the header wins: never silently ignored.
+    let from_query = match start_revision {
+        None => None,
+        Some(raw) => match revision(raw) {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => {
+                return Err(ApiError::bad_request(
+                    "InvalidArgument",
+                    format!(
+                        "start_revision must be a whole number from 0 to {}, not '{raw}'",
+                        i64::MAX
+                    ),
+                ))
+            }
+        },
+    };
+    if let Some(id) = last_event_id.map(str::trim) {
+        return revision(id)
             .map(|id| Some(id.saturating_add(1)))
-            .map_err(|_| {
+            .ok_or_else(|| {
                 ApiError::bad_request(
                     "InvalidArgument",
                     format!("Last-Event-ID must be a revision, not '{id}'"),
                 )
             });
     }
-    match start_revision.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(0) => Ok(None),
-            Ok(n) => Ok(Some(n)),
-            Err(_) => Err(ApiError::bad_request(
-                "InvalidArgument",
-                format!("start_revision must be a whole number, not '{raw}'"),
-            )),
-        },
-    }
+    Ok(from_query)
 }
 
-async fn watch(node: Arc<Cete>, query: WatchQuery, last_event_id: Option<String>) -> Response {
-    let start = match start_of(query.start_revision.as_deref(), last_event_id.as_deref()) {
-        Ok(start) => start,
+/// A revision as the API documents it: an int64 that is not negative (clients in most
+/// languages hold it in a signed 64-bit integer; Raft will not reach the bound).
+fn revision(raw: &str) -> Option<u64> {
+    raw.parse::<u64>().ok().filter(|&n| n <= i64::MAX as u64)
+}
+
+async fn watch(node: Arc<Cete>, query: String, last_event_id: Option<String>) -> Response {
+    // As strict as the other routes: an unknown or repeated parameter is refused; the
+    // prefix is bytes, as for listings.
+    let (start, prefix) = match parse_query(&query, &["prefix", "start_revision"]).and_then(|q| {
+        let start = start_of(
+            text_param(&q, "start_revision")?.as_deref(),
+            last_event_id.as_deref(),
+        )?;
+        Ok((start, q.get("prefix").cloned().unwrap_or_default()))
+    }) {
+        Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
-    let prefix = query.prefix.unwrap_or_default().into_bytes();
     let watcher = match node.watch(prefix, start).await {
         Ok(watcher) => watcher,
         Err(e) => return node_error(e, None),
@@ -208,6 +223,15 @@ mod tests {
             start_of(None, Some("-1")).unwrap_err().code,
             "InvalidArgument"
         );
+        assert!(start_of(Some(""), None).is_err());
+        assert_eq!(
+            start_of(Some("9223372036854775807"), None).unwrap(),
+            Some(i64::MAX as u64)
+        );
+        assert!(start_of(Some("9223372036854775808"), None).is_err());
+        assert!(start_of(None, Some("9223372036854775808")).is_err());
+        assert!(start_of(Some("9223372036854775808"), Some("0")).is_err());
+        assert!(start_of(None, Some("")).is_err());
     }
 
     fn json_of(event: &Event) -> Value {

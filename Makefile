@@ -2,7 +2,8 @@
 #
 #   make build     release binaries, copied to ./bin/ (cete, cete-server)
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
-#   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks
+#   make test      fmt check, clippy, build, unit + integration tests, the dashboard in a
+#                  browser, openapi and helm checks
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
 #   make fmt | clippy | clean | bench | help
 #
@@ -49,7 +50,7 @@ triple = $(shell rustc -vV | sed -n 's/^host: //p')
 phase = @printf '\n==> %s\n' $(1)
 
 .PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
-	openapi-check helm-check dist bench clean
+	browser-test openapi-check helm-check dist bench clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -71,7 +72,7 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: setup fmt-check clippy test-build test-cargo openapi-check helm-check
+test: setup fmt-check clippy test-build test-cargo browser-test openapi-check helm-check
 	$(call phase,"test: all checks passed")
 
 fmt-check:
@@ -94,6 +95,11 @@ test-build:
 test-cargo: test-build
 	$(call phase,"test: cargo test --workspace -- --test-threads=2 (CETE_SOAK=$(if $(CETE_SOAK),$(CETE_SOAK),unset))")
 	$(CARGO) test --workspace -- --test-threads=2
+
+# The dashboard (/ui/) in headless Chromium on a 3-node cluster of the debug binaries.
+browser-test: test-build
+	$(call phase,"browser: $(PYTHON) tests/browser/test_dashboard.py")
+	$(PYTHON) tests/browser/test_dashboard.py --bin-dir '$(target_dir)/debug'
 
 openapi-check:
 	$(call phase,"openapi: $(PYTHON) tests/openapi_check.py")

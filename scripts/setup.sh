@@ -3,6 +3,8 @@
 #   - libclang-dev (apt): librocksdb-sys runs bindgen, which loads libclang
 #   - PyYAML and openapi-spec-validator (pip): tests/openapi_check.py
 #   - rustfmt and clippy (rustup), if the toolchain lacks them: `make test` runs both
+#   - chromium, chromium-driver and selenium, for the dashboard's browser test
+#     (scripts/setup-browser.sh)
 # Safe to run again: every step first checks whether it is already done.
 # Helm is not installed (it is not in the package registries CI can reach);
 # scripts/check-helm.sh validates the chart with Python instead.
@@ -72,6 +74,9 @@ else
     say "${missing[*]}: installing with rustup"
     rustup component add "${missing[@]}" || die "rustup component add ${missing[*]} failed"
 fi
+
+# --- the browser test's chromium and selenium --------------------------------
+"$(dirname "$0")/setup-browser.sh"
 
 say "helm: not installed (not available from the package registries); scripts/check-helm.sh checks the chart"
 say "done"

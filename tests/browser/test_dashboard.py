@@ -344,7 +344,8 @@ def browse(root, nodes, leader, follower, ports):
         page.wait("4 demo keys listed", lambda: sorted(names()) == [
             "demo/blob.bin", "demo/config.json", "demo/logo.png", "demo/readme.txt"])
         row_text = d.find_element(By.XPATH, '//button[text()="demo/logo.png"]/ancestor::tr').text
-        check("image/png" in row_text and f"{len(image)} B" in row_text, f"size and type listed ({row_text})")
+        check("image/png" in row_text and f"{len(image) / 1024:.1f} KiB" in row_text,
+              f"size and type listed ({row_text})")
 
         def open_key(key, kind):
             d.find_element(By.XPATH, f'//*[@data-testid="key-list"]//button[text()="{key}"]').click()
@@ -379,7 +380,8 @@ def browse(root, nodes, leader, follower, ports):
         more.click()
         page.wait("all 60 keys after More", lambda: len(names()) == 60 and names()[-1] == "page/059")
         check(not page.by("key-more").is_displayed(), "no More button after the last page")
-        check(console_errors(page) == [], "no console errors so far")
+        errors = console_errors(page)
+        check(errors == [], f"no console errors so far {errors}")
 
         print("the page served by a follower: put, conditional put, delete")
         d.get(follower.url("/ui/#keys"))
@@ -444,7 +446,8 @@ def browse(root, nodes, leader, follower, ports):
         page.wait("3 events, newest first", lambda: [(t, k) for t, k, _ in feed()] == [
             ("delete", "feed/a"), ("put", "feed/b"), ("put", "feed/a")])
         page.screenshot("feed")
-        check(console_errors(page) == [], "no console errors in the feed")
+        errors = console_errors(page)
+        check(errors == [], f"no console errors in the feed {errors}")
 
         print("the feed resumes after its node restarts")
         before = feed()
@@ -468,9 +471,12 @@ def browse(root, nodes, leader, follower, ports):
         victim.stop(signal.SIGKILL)
         d.get(follower.url("/ui/#cluster"))
         page.wait(f"{victim.name} shown down", lambda: rows(page).get(victim.name) == "Down", timeout=30)
-        seen = get_json(lp, "/v1/cluster")["cluster"]["nodes"][victim.name]
-        check(seen["reachable"] is False and seen["last_contact_ms"] > 1500,
-              f"the leader's /v1/cluster says it is unreachable ({seen['last_contact_ms']} ms)")
+        seen = wait_until("the leader's /v1/cluster says the killed member is unreachable",
+                          lambda: (lambda m: m if m["reachable"] is False else None)(
+                              get_json(lp, "/v1/cluster")["cluster"]["nodes"][victim.name]))
+        print(f"  the leader's /v1/cluster entry for {victim.name}: {json.dumps(seen, sort_keys=True)}")
+        check(seen["last_contact_ms"] > 1500 and seen["state"] == "Follower",
+              f"unreachable beside the original's state: last contact {seen['last_contact_ms']} ms ago")
         check(rows(page)[leader.name] == "Leader", "the leader still shown as such")
         page.screenshot("cluster-down")
         console_errors(page, allowed=["ERR_CONNECTION_REFUSED", f":{victim.http_port}/"])

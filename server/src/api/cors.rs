@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use http::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    HOST, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, HOST,
+    ORIGIN, VARY,
 };
 use http::uri::Authority;
 use http::StatusCode;
@@ -74,8 +74,10 @@ pub(crate) fn preflight(
                         *response.status_mut() = StatusCode::NO_CONTENT;
                         let headers = response.headers_mut();
                         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                        headers
-                            .insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
+                        headers.insert(
+                            ACCESS_CONTROL_ALLOW_METHODS,
+                            HeaderValue::from_static(methods),
+                        );
                         headers.insert(
                             ACCESS_CONTROL_ALLOW_HEADERS,
                             HeaderValue::from_static(ALLOW_HEADERS),
@@ -153,10 +155,22 @@ mod tests {
         let check = |origin: &str, https: bool, host: Option<&str>| {
             is_member_origin(origin, https, host, members.iter().copied())
         };
-        assert!(check("http://127.0.0.1:8000", false, Some("127.0.0.1:8001")));
+        assert!(check(
+            "http://127.0.0.1:8000",
+            false,
+            Some("127.0.0.1:8001")
+        ));
         // An address without a host is on the host the request reached.
-        assert!(check("http://example.org:8001", false, Some("example.org:8000")));
-        assert!(!check("http://other.org:8001", false, Some("example.org:8000")));
+        assert!(check(
+            "http://example.org:8001",
+            false,
+            Some("example.org:8000")
+        ));
+        assert!(!check(
+            "http://other.org:8001",
+            false,
+            Some("example.org:8000")
+        ));
         assert!(check("http://CETE-2.cete", false, None));
         // Scheme, port and host must all match.
         assert!(!check("https://127.0.0.1:8000", false, None));

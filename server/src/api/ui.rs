@@ -6,9 +6,7 @@
 //! `Cache-Control: no-cache`: a reload revalidates every file and gets a
 //! bodiless `304` for what did not change.
 
-use http::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, LOCATION, VARY,
-};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, LOCATION, VARY};
 use http::StatusCode;
 use warp::filters::path::FullPath;
 use warp::reply::Response;
@@ -60,7 +58,7 @@ const ASSETS: &[Asset] = &[
 /// The page loads nothing from elsewhere; it talks to the other members'
 /// APIs (their `/v1/node`, and the leader for writes), wherever they are.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' blob:; connect-src 'self' http: https:; object-src 'none'; base-uri 'none'; \
+     img-src 'self' blob: data:; connect-src 'self' http: https:; object-src 'none'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
 /// The total size of the embedded files, in bytes.
@@ -105,8 +103,10 @@ fn redirect(to: &'static str) -> Response {
 
 fn serve(asset: &Asset, if_none_match: Option<&str>) -> Response {
     let etag = format!("\"{:016x}\"", asset.hash);
-    let fresh = if_none_match
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
+    let fresh = if_none_match.is_some_and(|tags| {
+        tags.split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag)
+    });
     let mut response = if fresh {
         let mut response = Response::new(Default::default());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -115,7 +115,10 @@ fn serve(asset: &Asset, if_none_match: Option<&str>) -> Response {
         Response::new(asset.body.into())
     };
     let headers = response.headers_mut();
-    headers.insert(ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header"));
+    headers.insert(
+        ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
     if !fresh {
@@ -167,9 +170,15 @@ mod tests {
         assert_eq!(root.headers()[LOCATION], "/ui/");
         let bare = warp::test::request().path("/ui").reply(&filter).await;
         assert_eq!(bare.headers()[LOCATION], "/ui/");
-        let js = warp::test::request().path("/ui/app.js").reply(&filter).await;
+        let js = warp::test::request()
+            .path("/ui/app.js")
+            .reply(&filter)
+            .await;
         assert_eq!(js.headers()[CONTENT_TYPE], "text/javascript; charset=utf-8");
-        let missing = warp::test::request().path("/ui/nope.js").reply(&filter).await;
+        let missing = warp::test::request()
+            .path("/ui/nope.js")
+            .reply(&filter)
+            .await;
         assert_eq!(missing.status(), 404);
     }
 }

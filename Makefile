@@ -2,8 +2,8 @@
 #
 #   make build     release binaries, copied to ./bin/ (cete, cete-server)
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
-#   make test      fmt check, clippy, build, unit + integration tests, openapi, API and helm checks,
-#                  the image test (podman)
+#   make test      fmt check, clippy, build, unit + integration tests, the dashboard in a
+#                  browser, openapi, API and helm checks, the image test (podman)
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
 #   make bench-compare   Cete against etcd 3.4 on this machine, one table of ratios
 #                  (benchmarks/compare.py; slow, needs a quiet machine; not in `make test`)
@@ -63,7 +63,7 @@ triple = $(shell rustc -vV | sed -n 's/^host: //p')
 phase = @printf '\n==> %s\n' $(1)
 
 .PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
-	openapi-check api-check helm-check image-test dist bench bench-compare clean
+	browser-test openapi-check api-check helm-check image-test dist bench bench-compare clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -85,7 +85,7 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: setup fmt-check clippy test-build test-cargo openapi-check api-check helm-check image-test
+test: setup fmt-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
 	$(call phase,"test: all checks passed")
 
 fmt-check:
@@ -108,6 +108,11 @@ test-build:
 test-cargo: test-build
 	$(call phase,"test: cargo test --workspace -- --test-threads=2 (CETE_SOAK=$(if $(CETE_SOAK),$(CETE_SOAK),unset))")
 	$(CARGO) test --workspace -- --test-threads=2
+
+# The dashboard (/ui/) in headless Chromium on a 3-node cluster of the debug binaries.
+browser-test: test-build
+	$(call phase,"browser: $(PYTHON) tests/browser/test_dashboard.py")
+	$(PYTHON) tests/browser/test_dashboard.py --bin-dir '$(target_dir)/debug'
 
 openapi-check:
 	$(call phase,"openapi: $(PYTHON) tests/openapi_check.py")

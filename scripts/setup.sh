@@ -4,6 +4,8 @@
 #   - PyYAML and openapi-spec-validator (pip): tests/openapi_check.py
 #   - rustfmt and clippy (rustup), if the toolchain lacks them: `make test` runs both
 #   - schemathesis and openapi-python-client, pinned, in a venv: scripts/setup-api-tools.sh
+#   - chromium, chromium-driver and selenium, for the dashboard's browser test
+#     (scripts/setup-browser.sh)
 # Safe to run again: every step first checks whether it is already done.
 # The packaging checks install their own tools when `make test` reaches them:
 # scripts/setup-helm.sh (helm, kubernetes-validate) and scripts/setup-image.sh (podman, hadolint).
@@ -76,5 +78,8 @@ fi
 
 # --- API tools (schemathesis, openapi-python-client) in their own venv ------------
 "$(dirname "$0")/setup-api-tools.sh"
+
+# --- the browser test's chromium and selenium --------------------------------
+"$(dirname "$0")/setup-browser.sh"
 
 say "done"

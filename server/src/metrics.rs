@@ -43,6 +43,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/metrics",
     "/metrics",
     "/openapi.yaml",
+    "/",
+    "/ui",
+    "/ui/{file}",
 ];
 
 /// The route label of requests to paths the API does not serve.
@@ -53,6 +56,9 @@ pub fn route_template(path: &str) -> &'static str {
     let rest = path.strip_prefix('/').unwrap_or(path);
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
+        [""] => "/",
+        ["ui"] => "/ui",
+        ["ui", _] => "/ui/{file}",
         ["metrics"] => "/metrics",
         ["openapi.yaml"] => "/openapi.yaml",
         ["v1", "data"] => "/v1/data",
@@ -582,7 +588,11 @@ mod tests {
             ("/v1/metrics", "/v1/metrics"),
             ("/metrics", "/metrics"),
             ("/openapi.yaml", "/openapi.yaml"),
-            ("/", OTHER_ROUTE),
+            ("/", "/"),
+            ("/ui", "/ui"),
+            ("/ui/", "/ui/{file}"),
+            ("/ui/app.js", "/ui/{file}"),
+            ("/ui/a/b", OTHER_ROUTE),
             ("/v2/data/x", OTHER_ROUTE),
             ("/wp-admin/../etc/passwd", OTHER_ROUTE),
         ];

@@ -12,7 +12,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use crate::errors::{Error, LeaderHint, Result};
-use crate::raft::network::ChannelPool;
+use crate::raft::network::{ChannelPool, Contacts};
 use crate::raft::peer::PeerClient;
 use crate::raft::proposer::{self, ProposeError, Proposer};
 use crate::raft::read_batch::{self, ReadBatcher, RoundStats};
@@ -29,6 +29,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// (twice the longest election timeout).
 const QUORUM_CONTACT_LIMIT_MS: u64 = 3000;
 
+/// A member whose last answer to the leader is older than this is shown
+/// unreachable: the longest election timeout, ten heartbeats.
+const REACHABLE_LIMIT_MS: u64 = 1500;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
     /// Read index from the leader, then a local read once applied that far.
@@ -43,6 +47,23 @@ pub struct MemberStatus {
     pub info: NodeInfo,
     pub state: String,
     pub voter: bool,
+    /// What the leader knows of it; `None` unless this node leads.
+    pub progress: Option<Progress>,
+}
+
+/// A member's replication as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The member answered an AppendEntries (heartbeats included) within
+    /// the last [`REACHABLE_LIMIT_MS`]; always true for the leader itself.
+    pub reachable: bool,
+    /// Milliseconds since its last answer; `None` if it has not answered
+    /// this node yet. 0 for the leader itself.
+    pub last_contact_ms: Option<u64>,
+    /// The last log index known to be on the member.
+    pub matched_index: Option<u64>,
+    /// Entries the leader has that the member is not known to have.
+    pub lag: u64,
 }
 
 /// What this node knows about itself, for `/v1/node`.
@@ -66,6 +87,8 @@ pub struct Cete {
     proposer: Proposer,
     reader: KvReader,
     peers: PeerClient,
+    /// When each peer last answered this node's AppendEntries.
+    contacts: Contacts,
     /// Applied index this node must reach before it calls itself ready.
     ready_after: u64,
     pub max_value_size: u64,
@@ -174,6 +197,7 @@ impl Cete {
             proposer: Proposer::start(raft.clone(), proposer::Limits::default()),
             raft,
             reader,
+            contacts: pool.contacts(),
             peers: PeerClient::new(pool),
             ready_after,
             max_value_size,
@@ -424,11 +448,51 @@ impl Cete {
         }
     }
 
-    /// Every member from the replicated membership, with its role as this node sees it.
+    /// The highest log index this node knows to be committed. It lives in
+    /// Raft's own state (openraft 0.9's metrics do not carry it); a stopped
+    /// Raft answers with its applied index, the best it still knows.
+    pub async fn commit_index(&self) -> u64 {
+        let committed = self
+            .raft
+            .with_raft_state(|state| state.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten();
+        committed
+            .or(self.metrics().last_applied.map(|l| l.index))
+            .unwrap_or(0)
+    }
+
+    /// Every member from the replicated membership, with its role as this
+    /// node sees it, and on the leader each member's replication progress.
     pub fn cluster_status(&self) -> (BTreeMap<String, MemberStatus>, Option<String>) {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let now = std::time::Instant::now();
+        let progress_of = |id: NodeId| -> Option<Progress> {
+            let replication = m.replication.as_ref()?;
+            if id == self.id {
+                return Some(Progress {
+                    reachable: true,
+                    last_contact_ms: Some(0),
+                    matched_index: m.last_log_index,
+                    lag: 0,
+                });
+            }
+            let matched_index = replication.get(&id).copied().flatten().map(|l| l.index);
+            let last_contact_ms = self
+                .contacts
+                .last_answer(id)
+                .map(|at| now.saturating_duration_since(at).as_millis() as u64);
+            Some(Progress {
+                reachable: last_contact_ms.is_some_and(|ms| ms <= REACHABLE_LIMIT_MS),
+                last_contact_ms,
+                matched_index,
+                lag: last_log.saturating_sub(matched_index.unwrap_or(0)),
+            })
+        };
         let mut nodes = BTreeMap::new();
         for (id, info) in membership.nodes() {
             let voter = voters.contains(id);
@@ -445,6 +509,7 @@ impl Cete {
                     info: info.clone(),
                     state: state.to_string(),
                     voter,
+                    progress: progress_of(*id),
                 },
             );
         }

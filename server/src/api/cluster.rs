@@ -25,7 +25,7 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
     let node_route = warp::path!("v1" / "node")
         .and(warp::get())
         .and(with_node(node.clone()))
-        .map(|node: Arc<Cete>| node_json(&node));
+        .then(|node: Arc<Cete>| async move { node_json(&node).await });
     let cluster = warp::path!("v1" / "cluster")
         .and(warp::get())
         .and(with_node(node.clone()))
@@ -75,13 +75,15 @@ fn node_fields(info: &NodeInfo, state: &str) -> serde_json::Map<String, Value> {
     }
 }
 
-fn node_json(node: &Cete) -> Response {
+async fn node_json(node: &Cete) -> Response {
+    let commit_index = node.commit_index().await;
     let status = node.node_status();
     let mut fields = node_fields(&status.info, &status.state);
     fields.insert("leader".into(), json!(status.leader.unwrap_or_default()));
     fields.insert("term".into(), json!(status.term));
     fields.insert("last_log_index".into(), json!(status.last_log_index));
     fields.insert("last_applied".into(), json!(status.last_applied));
+    fields.insert("commit_index".into(), json!(commit_index));
     fields.insert("member".into(), json!(status.member));
     fields.insert("voter".into(), json!(status.voter));
     warp::reply::json(&json!({ "node": fields })).into_response()
@@ -94,6 +96,18 @@ fn cluster_json(node: &Cete) -> Response {
         .map(|(name, member)| {
             let mut fields = node_fields(&member.info, &member.state);
             fields.insert("voter".into(), json!(member.voter));
+            // What the leader knows; null on other nodes, which do not know.
+            let progress = member.progress;
+            fields.insert("reachable".into(), json!(progress.map(|p| p.reachable)));
+            fields.insert(
+                "last_contact_ms".into(),
+                json!(progress.and_then(|p| p.last_contact_ms)),
+            );
+            fields.insert(
+                "matched_index".into(),
+                json!(progress.and_then(|p| p.matched_index)),
+            );
+            fields.insert("replication_lag".into(), json!(progress.map(|p| p.lag)));
             (name, Value::Object(fields))
         })
         .collect();

@@ -2,10 +2,12 @@
 
 mod backup;
 mod cluster;
+mod cors;
 mod data;
 pub mod error;
 mod health;
 mod metrics;
+mod ui;
 mod watch;
 
 use std::sync::Arc;
@@ -23,16 +25,23 @@ pub fn routes(
     node: Arc<Cete>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let recorder = node.clone();
-    let api = data::routes(node.clone())
+    let api = ui::routes()
+        .or(cors::preflight(node.clone()))
+        .or(data::routes(node.clone()))
         .or(cluster::routes(node.clone()))
         .or(watch::routes(node.clone()))
         .or(backup::routes(node.clone()))
         .or(health::routes(node.clone()))
-        .or(metrics::routes(node))
+        .or(metrics::routes(node.clone()))
         .recover(error::recover);
     warp::path::full()
+        .and(cors::member_origin(node))
         .and(api)
-        .map(with_allow)
+        .map(|path, origin, reply| {
+            let mut response = with_allow(path, reply);
+            cors::allow(&mut response, origin);
+            response
+        })
         .with(warp::log::custom(move |info| {
             recorder.prometheus.record_request(
                 info.method(),
@@ -70,6 +79,8 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/data/{key}" => Some("GET, HEAD, PUT, DELETE"),
         "/v1/cluster/{id}" => Some("PUT, DELETE"),
         "/v1/snapshot" => Some("GET, POST"),
+        // The dashboard: `/` and `/ui` redirect, `/ui/...` are its files.
+        "/" | "/ui" | "/ui/{file}" => Some("GET"),
         crate::metrics::OTHER_ROUTE => None,
         _ => Some("GET"),
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -23,11 +23,37 @@ use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::{RaftPayload, RaftReply};
 use crate::tls::ClientTls;
 
+/// When each peer last answered an AppendEntries (heartbeats included), as
+/// this node saw it while sending them, i.e. while it led. openraft 0.9
+/// reports only each follower's matched log id, which stands still on an idle
+/// cluster whether the follower is up or not; this tells the two apart.
+#[derive(Clone, Default)]
+pub struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Contacts {
+    fn record(&self, target: NodeId) {
+        self.0
+            .lock()
+            .expect("contacts lock is never poisoned")
+            .insert(target, Instant::now());
+    }
+
+    /// When `target` last answered an AppendEntries, if it ever did.
+    pub fn last_answer(&self, target: NodeId) -> Option<Instant> {
+        self.0
+            .lock()
+            .expect("contacts lock is never poisoned")
+            .get(&target)
+            .copied()
+    }
+}
+
 /// Opens (lazily) and caches one gRPC channel per peer address.
 #[derive(Clone)]
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: ClientTls,
+    contacts: Contacts,
 }
 
 impl ChannelPool {
@@ -35,7 +61,13 @@ impl ChannelPool {
         ChannelPool {
             channels: Arc::default(),
             tls,
+            contacts: Contacts::default(),
         }
+    }
+
+    /// The peers' last answers to this node's AppendEntries.
+    pub fn contacts(&self) -> Contacts {
+        self.contacts.clone()
     }
 
     /// Why TLS with `address` fails, if it does (see [`ClientTls::diagnose`]).
@@ -80,6 +112,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client: self.pool.channel(&node.raft_address).map(RaftClient::new),
+            contacts: self.pool.contacts(),
         }
     }
 }
@@ -88,6 +121,7 @@ pub struct PeerConnection {
     target: NodeId,
     node: NodeInfo,
     client: Result<RaftClient<Channel>, tonic::transport::Error>,
+    contacts: Contacts,
 }
 
 pub(crate) use crate::codec::{decode, encode};
@@ -154,7 +188,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call("append_entries", &rpc, &option).await
+        let reply = self.call("append_entries", &rpc, &option).await;
+        // Any answer, a refusal included, shows the peer is up and reachable.
+        if matches!(reply, Ok(_) | Err(RPCError::RemoteError(_))) {
+            self.contacts.record(self.target);
+        }
+        reply
     }
 
     async fn install_snapshot(

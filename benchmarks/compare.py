@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -382,8 +383,11 @@ class Runner:
         log(" ".join(argv[1:]))
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent)
         _children.append(p)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out, err = p.communicate()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         _children.remove(p)
+        self.client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         if p.returncode != 0:
             raise Failure(f"cete bench exited {p.returncode}: {err.strip()}\n{cluster.logs_tail()}")
         for line in err.splitlines():
@@ -421,6 +425,7 @@ class Runner:
             "errors": errors,
             "errors_by_kind": t["errors_by_kind"],
             "cpu_s": cpu,
+            "client_cpu_s": self.client_cpu,
             "rss_kib": max(rss),
         }
         log(f"  {target} {label}: {res['ops_per_sec']:.0f} ops/s p50 {res['p50']} p99 {res['p99']} ms, cpu {cpu:.1f} s")
@@ -615,7 +620,7 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0, help="seconds of quiet before each row (default 1)")
     ap.add_argument("--data-root", default=os.environ.get("BENCH_DATA_ROOT", "/var/tmp"),
                     help="where the members' data directories go; must be a real disk, not tmpfs (default /var/tmp)")
-    ap.add_argument("--out", default=None, help="results file (default benchmarks/results/<date>.md; smoke-<date>.md with --smoke)")
+    ap.add_argument("--out", default=None, help="results file (default benchmarks/results/<date>.md; smoke-<date>.md with --smoke); the raw figures go beside it as .json")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--keep-data", action="store_true", help="keep the data directories and logs")
     opts = ap.parse_args()
@@ -662,19 +667,24 @@ def main():
 
     runner = Runner(opts, cete_bin)
     started = time.monotonic()
-    ok = False
+    # A failed step keeps the data directories, with the servers' logs, to read;
+    # an interrupted or finished run removes them (stopped servers first).
+    keep = opts.keep_data
     try:
         etcd, cete, notes_e, notes_c = {}, {}, {}, {}
         for n in (1, 3):
             big = n == 3
             etcd[n], notes_e[n] = runner.system(Etcd, etcd_bin, n, big)
             cete[n], notes_c[n] = runner.system(Cete, server_bin, n, big)
-        ok = True
+    except Failure:
+        keep = True
+        raise
     finally:
-        if ok and not opts.keep_data:
-            shutil.rmtree(opts.root, ignore_errors=True)
-        else:
+        cleanup()
+        if keep:
             log(f"data directories and logs kept in {opts.root}")
+        else:
+            shutil.rmtree(opts.root, ignore_errors=True)
     elapsed = time.monotonic() - started
 
     base, after = row_set(opts.preload_keys)
@@ -693,6 +703,7 @@ def main():
         for label, r in res[n].items()
         if r["errors"]
     ]
+    client_max = max(r["client_cpu_s"] for res in (etcd, cete) for n in res for r in res[n].values())
     doc = [
         "# Cete against etcd" + (" (SMOKE RUN: harness check only, not a result)" if opts.smoke else ""),
         "",
@@ -731,12 +742,18 @@ def main():
         f"(`cete bench --preload-only -c {opts.preload_concurrency}`): etcd in transactions of 128 puts "
         f"({pe_n:,} keys in {pe_s:.0f} s), Cete one PUT per key, as it has no batch write API "
         f"({pc_n:,} keys in {pc_s:.0f} s). etcd's database was {notes_e[3]['db_size'] / 2**20:.0f} MiB at the end.",
+        f"- The load generator itself used up to {client_max:.1f} CPU s in a row (of "
+        f"{info['nproc'] * opts.duration:g} the {info['nproc']} cores have in one); every row's figures are in "
+        f"`{out.with_suffix('.json').name}`.",
         "- Errors: " + ("; ".join(errors) if errors else "none."),
         "",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(doc))
-    log(f"wrote {out} ({elapsed / 60:.1f} min)")
+    raw = out.with_suffix(".json")
+    raw.write_text(json.dumps({"machine": info, "duration_s": opts.duration, "rows": {
+        "etcd": etcd, "cete": cete}, "notes": {"etcd": notes_e, "cete": notes_c}}, indent=1) + "\n")
+    log(f"wrote {out} and {raw.name} ({elapsed / 60:.1f} min)")
 
 
 if __name__ == "__main__":

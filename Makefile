@@ -46,9 +46,12 @@ version = $(shell $(CARGO) metadata --format-version 1 --no-deps | \
 	$(PYTHON) -c 'import json, sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cete-server"))')
 triple = $(shell rustc -vV | sed -n 's/^host: //p')
 
-phase = @printf '\n==> %s\n' $(1)
+# Each phase prints its header and notes its start time, so that `make test` can end with a
+# table of phase times (a phase lasts until the next one starts).
+PHASE_LOG := $(CURDIR)/.make-phases
+phase = @printf '\n==> %s\n' $(1); printf '%s\t%s\n' "$$(date +%s.%N)" $(1) >> '$(PHASE_LOG)'
 
-.PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
+.PHONY: help setup build run test phase-reset fmt fmt-check clippy test-build test-cargo \
 	openapi-check helm-check dist bench clean
 
 help:
@@ -71,8 +74,15 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: setup fmt-check clippy test-build test-cargo openapi-check helm-check
+test: phase-reset setup fmt-check clippy test-build test-cargo openapi-check helm-check
 	$(call phase,"test: all checks passed")
+	@printf '\n==> phase times\n'
+	@awk -F'\t' 'NR > 1 { split(name, n, ":"); printf "  %-10s %8.1f s\n", n[1], $$1 - prev } \
+		NR == 1 { first = $$1 } { prev = $$1; name = $$2 } \
+		END { printf "  %-10s %8.1f s\n", "total", prev - first }' '$(PHASE_LOG)'
+
+phase-reset:
+	@: > '$(PHASE_LOG)'
 
 fmt-check:
 	$(call phase,"fmt: cargo fmt --all -- --check")

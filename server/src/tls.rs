@@ -76,8 +76,8 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// The one crypto provider of this crate. Explicit, because other crates in a build may
-/// enable another one, and then rustls has no process default to fall back on.
+/// The one crypto provider of this crate. Explicit, so that no other crate in a build that
+/// enables another provider can change which one this crate uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -156,7 +156,7 @@ impl TlsConfig {
     /// Blocking file I/O: call it from a blocking context.
     pub fn load(settings: &TlsSettings) -> Result<TlsConfig, TlsError> {
         // tonic builds its rustls configs with the process default provider, which rustls
-        // cannot pick by itself when a build enables more than one (reqwest brings aws-lc-rs).
+        // cannot pick by itself once a build enables more than one; ring is ours.
         // Installing fails harmlessly if one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         const CERT: &str = "--certificate-file";

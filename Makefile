@@ -4,6 +4,7 @@
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
 #   make test      fmt check, clippy, build, unit + integration tests, openapi and helm checks
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
+#   make docker-build  the image cete:<version> (DOCKER=podman to use podman)
 #   make fmt | clippy | clean | bench | help
 #
 # Variables:
@@ -23,6 +24,7 @@ SHELL := bash
 
 CARGO   ?= cargo
 PYTHON  ?= python3
+DOCKER  ?= docker
 ARGS    ?=
 BENCH_ADDRESS ?= $(or $(CETE_ADDRESS),http://127.0.0.1:8000)
 BENCH_ARGS    ?=
@@ -31,6 +33,19 @@ BINS    := cete cete-server
 # `make build CARGO_TARGET_DIR=...` works like the environment variable.
 ifdef CARGO_TARGET_DIR
 export CARGO_TARGET_DIR
+endif
+
+# The original Go Cete built for other platforms with `make GOOS=darwin build`. This one builds
+# with cargo for this machine only: refuse another GOOS/GOARCH rather than ignore it.
+ifdef GOOS
+ifneq ($(GOOS),$(shell uname -s | tr A-Z a-z))
+$(error GOOS=$(GOOS): this Cete builds with cargo for this machine ($(shell uname -s | tr A-Z a-z)) only; run `make build` (or `make dist`) without GOOS, on the machine the binaries are for)
+endif
+endif
+ifdef GOARCH
+ifneq ($(GOARCH),$(subst aarch64,arm64,$(subst x86_64,amd64,$(shell uname -m))))
+$(error GOARCH=$(GOARCH): this Cete builds with cargo for this machine ($(subst aarch64,arm64,$(subst x86_64,amd64,$(shell uname -m)))) only; run `make build` (or `make dist`) without GOARCH, on the machine the binaries are for)
+endif
 endif
 
 # The integration tests read CETE_SOAK; pass it through when it is set.
@@ -52,7 +67,7 @@ PHASE_LOG := $(CURDIR)/.make-phases
 phase = @printf '\n==> %s\n' $(1); printf '%s\t%s\n' "$$(date +%s.%N)" $(1) >> '$(PHASE_LOG)'
 
 .PHONY: help setup build run test phase-reset fmt fmt-check clippy test-build test-cargo \
-	openapi-check helm-check dist bench clean
+	openapi-check helm-check dist docker-build bench clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -120,6 +135,11 @@ dist: build
 	cp $(addprefix bin/,$(BINS)) README.md openapi.yaml "$$stage/"; \
 	tar -C dist -czf "$$stage.tar.gz" "$$name"; rm -rf "$$stage"; \
 	echo "wrote $$stage.tar.gz"; tar -tzf "$$stage.tar.gz"
+
+# The image, as the original's `make docker-build` made it (DOCKER=podman works too).
+docker-build:
+	$(call phase,"docker-build: $(DOCKER) build -t cete:$(version) .")
+	$(DOCKER) build -t cete:$(version) .
 
 # Load-tests a running node or cluster (start one with `make run` first).
 bench:

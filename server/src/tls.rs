@@ -140,7 +140,9 @@ fn describe(err: &rustls::Error) -> String {
             {
                 "the certificate is a CA certificate (basicConstraints CA:TRUE), which cannot \
                  be a node's own certificate; sign a node certificate with it, or make a \
-                 self-signed one with basicConstraints=CA:FALSE"
+                 self-signed one with basicConstraints=CA:FALSE and the name in its \
+                 subjectAltName (openssl req -x509 ... -addext \
+                 'basicConstraints=critical,CA:FALSE' -addext 'subjectAltName=DNS:NAME')"
                     .to_string()
             }
             other => format!("the certificate is not usable: {other}"),

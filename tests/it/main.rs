@@ -9,6 +9,8 @@ mod faultproxy;
 mod harness;
 mod linearizability;
 mod metrics;
+mod original_readme;
+mod rejoin;
 mod robustness;
 mod single_node;
 mod tls;

@@ -5,6 +5,7 @@
 #   make test      fmt check, clippy, build, unit + integration tests, the dashboard in a
 #                  browser, openapi, API and helm checks, the image test (podman)
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
+#   make docker-build  the image cete:<version> (DOCKER=podman to use podman)
 #   make bench-compare   Cete against etcd 3.4 on this machine, one table of ratios
 #                  (benchmarks/compare.py; slow, needs a quiet machine; not in `make test`)
 #   make fmt | clippy | clean | bench | help
@@ -30,6 +31,7 @@ SHELL := bash
 
 CARGO   ?= cargo
 PYTHON  ?= python3
+DOCKER  ?= docker
 ARGS    ?=
 BENCH_ADDRESS ?= $(or $(CETE_ADDRESS),http://127.0.0.1:8000)
 BENCH_ARGS    ?=
@@ -40,6 +42,19 @@ TOOLS_VENV ?= $(or $(CETE_TOOLS_VENV),$(HOME)/.cache/cete-tools/venv)
 # `make build CARGO_TARGET_DIR=...` works like the environment variable.
 ifdef CARGO_TARGET_DIR
 export CARGO_TARGET_DIR
+endif
+
+# The original Go Cete built for other platforms with `make GOOS=darwin build`. This one builds
+# with cargo for this machine only: refuse another GOOS/GOARCH rather than ignore it.
+ifdef GOOS
+ifneq ($(GOOS),$(shell uname -s | tr A-Z a-z))
+$(error GOOS=$(GOOS): this Cete builds with cargo for this machine ($(shell uname -s | tr A-Z a-z)) only; run `make build` (or `make dist`) without GOOS, on the machine the binaries are for)
+endif
+endif
+ifdef GOARCH
+ifneq ($(GOARCH),$(subst aarch64,arm64,$(subst x86_64,amd64,$(shell uname -m))))
+$(error GOARCH=$(GOARCH): this Cete builds with cargo for this machine ($(subst aarch64,arm64,$(subst x86_64,amd64,$(shell uname -m)))) only; run `make build` (or `make dist`) without GOARCH, on the machine the binaries are for)
+endif
 endif
 
 # The integration tests read CETE_SOAK; pass it through when it is set.
@@ -60,10 +75,13 @@ version = $(shell $(CARGO) metadata --format-version 1 --no-deps | \
 	$(PYTHON) -c 'import json, sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cete-server"))')
 triple = $(shell rustc -vV | sed -n 's/^host: //p')
 
-phase = @printf '\n==> %s\n' $(1)
+# Each phase prints its header and notes its start time, so that `make test` can end with a
+# table of phase times (a phase lasts until the next one starts).
+PHASE_LOG := $(CURDIR)/.make-phases
+phase = @printf '\n==> %s\n' $(1); printf '%s\t%s\n' "$$(date +%s.%N)" $(1) >> '$(PHASE_LOG)'
 
-.PHONY: help setup build run test fmt fmt-check clippy test-build test-cargo \
-	browser-test openapi-check api-check helm-check image-test dist bench bench-compare clean
+.PHONY: help setup build run test phase-reset fmt fmt-check clippy test-build test-cargo \
+	browser-test openapi-check api-check helm-check image-test dist docker-build bench bench-compare clean
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -85,8 +103,15 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: setup fmt-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
+test: phase-reset setup fmt-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
 	$(call phase,"test: all checks passed")
+	@printf '\n==> phase times\n'
+	@awk -F'\t' 'NR > 1 { split(name, n, ":"); printf "  %-10s %8.1f s\n", n[1], $$1 - prev } \
+		NR == 1 { first = $$1 } { prev = $$1; name = $$2 } \
+		END { printf "  %-10s %8.1f s\n", "total", prev - first }' '$(PHASE_LOG)'
+
+phase-reset:
+	@: > '$(PHASE_LOG)'
 
 fmt-check:
 	$(call phase,"fmt: cargo fmt --all -- --check")
@@ -147,6 +172,11 @@ dist: build
 	cp $(addprefix bin/,$(BINS)) README.md openapi.yaml "$$stage/"; \
 	tar -C dist -czf "$$stage.tar.gz" "$$name"; rm -rf "$$stage"; \
 	echo "wrote $$stage.tar.gz"; tar -tzf "$$stage.tar.gz"
+
+# The image, as the original's `make docker-build` made it (DOCKER=podman works too).
+docker-build:
+	$(call phase,"docker-build: $(DOCKER) build -t cete:$(version) .")
+	$(DOCKER) build -t cete:$(version) .
 
 # Load-tests a running node or cluster (start one with `make run` first).
 bench:

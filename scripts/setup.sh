@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Cete needs, and only what is missing:
 #   - libclang-dev (apt): librocksdb-sys runs bindgen, which loads libclang
+#   - jq, curl, openssl (apt), if missing: the original README's commands use them
 #   - PyYAML and openapi-spec-validator (pip): tests/openapi_check.py
 #   - rustfmt and clippy (rustup), if the toolchain lacks them: `make test` runs both
 #   - schemathesis and openapi-python-client, pinned, in a venv: scripts/setup-api-tools.sh
@@ -36,6 +37,24 @@ else
     apt-get install -y -qq libclang-dev >/dev/null
     dpkg -s libclang-dev >/dev/null 2>&1 || die "libclang-dev: apt-get install did not install it"
     say "libclang-dev: installed"
+fi
+
+# --- jq, curl, openssl ------------------------------------------------------
+# The original README's commands, which a test runs as printed, pipe into jq and use curl
+# and openssl.
+tools=()
+for tool in jq curl openssl; do
+    command -v "$tool" >/dev/null 2>&1 || tools+=("$tool")
+done
+if [ "${#tools[@]}" -eq 0 ]; then
+    say "jq, curl, openssl: already installed"
+else
+    command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] ||
+        die "${tools[*]} missing: install them (as root: apt-get install -y ${tools[*]}), then re-run"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-cache show "${tools[@]}" >/dev/null 2>&1 || apt-get update -qq
+    say "${tools[*]}: installing with apt-get"
+    apt-get install -y -qq "${tools[@]}" >/dev/null
 fi
 
 # --- Python modules ---------------------------------------------------------

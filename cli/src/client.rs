@@ -216,6 +216,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(opts: Options) -> Result<Client> {
+        tls::install_provider();
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(opts.pool_size)

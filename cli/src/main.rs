@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod client;
 mod commands;
+mod grpc_flag;
 mod tls;
 mod urls;
 
@@ -24,14 +25,8 @@ fn main() -> ExitCode {
         return commands::start(server_args);
     }
     let cli = Cli::parse_from(argv);
-    if cli.grpc_address.is_some() {
-        eprintln!(
-            "error: --grpc-address is not supported: the cete CLI speaks REST, \
-             use --address http://HOST:HTTP_PORT (e.g. --address :8000)"
-        );
-        return ExitCode::from(2);
-    }
     match cli.command {
+        _ if cli.grpc_address.is_some() => {} // refused below, with the --address to use
         Command::Start(args) => {
             return commands::start(args.args.into_iter().map(Into::into).collect())
         }
@@ -73,6 +68,9 @@ fn main() -> ExitCode {
             },
             pool_size: 1,
         };
+        if let Some(grpc) = &cli.grpc_address {
+            return Err(UsageError(grpc_flag::refusal(grpc, options).await).into());
+        }
         match cli.command {
             Command::Bench(args) => bench::run(args, options).await,
             other => commands::run(&Client::new(options)?, other).await,

@@ -60,6 +60,14 @@ impl ServerCertVerifier for PinnedName {
     }
 }
 
+/// Makes ring the process's rustls provider. reqwest is built without a provider of its own
+/// (the workspace's `rustls-no-provider`) and panics when it builds a client without one, even
+/// for plain http. Call before building any client; calling again does nothing.
+pub fn install_provider() {
+    // Err only means that a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The rustls client config for https: trusts `ca_cert` (or the system's roots) and checks
 /// every server certificate against `common_name`, or else against the host dialled.
 pub fn client_config(

@@ -165,19 +165,28 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             config.data_directory.display()
         );
     }
+    let dir = config.data_directory.clone();
+    let awaiting_join = tokio::task::spawn_blocking(move || store::finish_interrupted_wipe(&dir))
+        .await
+        .context("the wipe check failed")?
+        .with_context(|| format!("--data-directory {}", config.data_directory.display()))?;
     let removed_marker = config.data_directory.join(node::REMOVED_MARKER);
-    if removed_marker.exists() {
+    if awaiting_join {
+        // A removed node that its cluster adds back: the wipe dropped the state the marker
+        // was about, so it goes too (only after the wipe, which a crash cannot undo).
+        match tokio::fs::remove_file(&removed_marker).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", removed_marker.display()))
+            }
+            _ => {}
+        }
+    } else if removed_marker.exists() {
         anyhow::bail!(
             "node {} was removed from its cluster ({} exists); to take part again, start it with an empty --data-directory",
             info.name,
             removed_marker.display()
         );
     }
-    let dir = config.data_directory.clone();
-    let awaiting_join = tokio::task::spawn_blocking(move || store::finish_interrupted_wipe(&dir))
-        .await
-        .context("the wipe check failed")?
-        .with_context(|| format!("--data-directory {}", config.data_directory.display()))?;
 
     let (mut log_store, state_machine) =
         store::open(&config.data_directory).await.with_context(|| {

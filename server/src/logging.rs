@@ -33,6 +33,11 @@ pub struct LogSettings {
 }
 
 impl LogSettings {
+    /// Whether log records go to stderr (the default).
+    pub fn logs_to_stderr(&self) -> bool {
+        matches!(destination(self.file.as_deref()), Destination::Stderr)
+    }
+
     /// The rotation policy for the file target, with the size converted to bytes.
     pub fn rotation(&self) -> Rotation {
         Rotation {

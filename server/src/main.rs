@@ -16,8 +16,12 @@ async fn main() {
     // Installed before the node starts, so a signal during start-up still
     // leads to a clean shutdown rather than the default (death).
     let signals = Signals::install();
+    let logs_to_stderr = config.log_settings().logs_to_stderr();
     if let Err(e) = cete_server::run(config, signals.wait()).await {
-        log::error!("cannot start: {e:#}");
+        // A log file gets the reason too; on stderr, once is enough.
+        if !logs_to_stderr {
+            log::error!("cannot start: {e:#}");
+        }
         eprintln!("cete-server: {e:#}");
         std::process::exit(1);
     }

@@ -95,6 +95,9 @@ pub struct Cete {
     data_directory: PathBuf,
     /// Set once this node learns it was removed from the cluster.
     removed: AtomicBool,
+    /// Set once the removal marker is written (or failed to be): a wipe for a rejoin must
+    /// come after it, or the marker could outlive the wipe.
+    removal_recorded: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// Shares leadership confirmations among concurrent linearizable reads.
     read_batch: std::sync::Arc<ReadBatcher<ReadIndex>>,
     /// Shares ReadIndex calls to the leader among concurrent follower reads.
@@ -189,6 +192,7 @@ impl Cete {
             prometheus: crate::metrics::Metrics::new(reader.db().snapshot_metrics()),
             data_directory,
             removed: AtomicBool::new(false),
+            removal_recorded: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
             restart: tokio::sync::watch::channel(None).0,
             read_batch: ReadBatcher::new(read_batch::DEFAULT_ROUNDS),
             follower_read_batch: ReadBatcher::new(read_batch::DEFAULT_ROUNDS),
@@ -645,10 +649,12 @@ impl Cete {
         );
         let marker = self.data_directory.join(REMOVED_MARKER);
         let raft = self.raft.clone();
+        let recorded = self.removal_recorded.clone();
         tokio::spawn(async move {
             if let Err(e) = tokio::fs::write(marker, b"removed\n").await {
                 log::error!("cannot write the removal marker: {e}");
             }
+            recorded.send_replace(true);
             // Give the reply to the membership change time to leave first.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let _ = raft.shutdown().await;
@@ -692,11 +698,19 @@ impl Cete {
     }
 
     /// Called on a node by the leader of a cluster that wants to add it. A
+    /// node that this cluster removed drops its stale state (see `prepare_rejoin`). A
     /// node in no cluster yet is ready as it is. A one-node cluster that holds no keys stops Raft and
     /// asks to be restarted empty, waiting to be added. Anything else is
     /// refused: a member of a bigger cluster, or a node with data (joining
     /// would discard it).
     pub async fn prepare_join(&self, leader: &str) -> Result<()> {
+        // The leader's removal notice may not have arrived yet: ask it.
+        if !self.removed.load(Ordering::SeqCst) {
+            self.check_removed_by(leader).await;
+        }
+        if self.removed.load(Ordering::SeqCst) {
+            return self.prepare_rejoin(leader).await;
+        }
         self.check_standalone()?;
         if self.metrics().membership_config.log_id().is_none() {
             // Not part of any cluster yet: ready to be added as it is.
@@ -720,6 +734,64 @@ impl Cete {
         Ok(())
     }
 
+    /// A removed node that its own cluster adds back: its state is a stale copy of what the
+    /// cluster holds, so it drops it, starts again empty in place and catches up from the
+    /// leader (through a snapshot once the log is compacted). Another cluster may not take it:
+    /// that would discard the only copy of data the other cluster may not have.
+    async fn prepare_rejoin(&self, leader: &str) -> Result<()> {
+        let m = self.metrics();
+        let members: Vec<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.name.clone())
+            .filter(|n| *n != self.info.name)
+            .collect();
+        if !members.iter().any(|n| n == leader) {
+            return Err(Error::Conflict(format!(
+                "node '{}' was removed from the cluster of {}, not of {leader}; to move it, back it up, then restart it with an empty data directory and --peer-grpc-address",
+                self.info.name,
+                members.join(", ")
+            )));
+        }
+        let mut recorded = self.removal_recorded.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(10), recorded.wait_for(|r| *r)).await;
+        // Raft stopped at the removal, or stops now: nothing runs on the old state.
+        if let Err(e) = self.raft.shutdown().await {
+            log::debug!("raft shutdown: {e}");
+        }
+        log::warn!(
+            "node {} was removed and {leader} adds it back: it drops its state and joins again",
+            self.info.name
+        );
+        self.restart.send_replace(Some(Restart::WipeForJoin));
+        Ok(())
+    }
+
+    /// Marks this node removed if `leader`, a member of its configuration, has committed one
+    /// without it (the same test as [`Cete::detect_removal_while_down`]).
+    async fn check_removed_by(&self, leader: &str) {
+        let m = self.metrics();
+        let Some(leader) = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(id, n)| **id != self.id && n.name == leader)
+            .map(|(_, n)| n.clone())
+        else {
+            return;
+        };
+        let Ok(ours) = self.reader.applied_membership().await else {
+            return;
+        };
+        let ours = ours.log_id().map_or(0, |l| l.index);
+        if let Ok((index, members)) = self.peers.membership(&leader.grpc_address).await {
+            if index > ours && !members.contains(&self.info.name) {
+                self.mark_removed();
+            }
+        }
+    }
+
     /// Asks the standalone node `name` at `grpc_address` to drop its
     /// one-node cluster, so that this leader can add it.
     pub async fn prepare_remote_join(&self, grpc_address: &str, name: &str) -> Result<()> {
@@ -741,12 +813,6 @@ impl Cete {
                 "node '{}' is a member of a cluster with {}; remove it there first",
                 self.info.name,
                 others.join(", ")
-            )));
-        }
-        if self.removed.load(Ordering::SeqCst) {
-            return Err(Error::Conflict(format!(
-                "node '{}' was removed from a cluster; restart it with an empty data directory",
-                self.info.name
             )));
         }
         Ok(())

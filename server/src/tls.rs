@@ -76,8 +76,8 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// The one crypto provider of this crate. Explicit, because other crates in a build may
-/// enable another one, and then rustls has no process default to fall back on.
+/// The one crypto provider of this crate. Explicit, so that no other crate in a build that
+/// enables another provider can change which one this crate uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -140,7 +140,9 @@ fn describe(err: &rustls::Error) -> String {
             {
                 "the certificate is a CA certificate (basicConstraints CA:TRUE), which cannot \
                  be a node's own certificate; sign a node certificate with it, or make a \
-                 self-signed one with basicConstraints=CA:FALSE"
+                 self-signed one with basicConstraints=CA:FALSE and the name in its \
+                 subjectAltName (openssl req -x509 ... -addext \
+                 'basicConstraints=critical,CA:FALSE' -addext 'subjectAltName=DNS:NAME')"
                     .to_string()
             }
             other => format!("the certificate is not usable: {other}"),
@@ -156,7 +158,7 @@ impl TlsConfig {
     /// Blocking file I/O: call it from a blocking context.
     pub fn load(settings: &TlsSettings) -> Result<TlsConfig, TlsError> {
         // tonic builds its rustls configs with the process default provider, which rustls
-        // cannot pick by itself when a build enables more than one (reqwest brings aws-lc-rs).
+        // cannot pick by itself once a build enables more than one; ring is ours.
         // Installing fails harmlessly if one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         const CERT: &str = "--certificate-file";

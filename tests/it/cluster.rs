@@ -22,7 +22,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// A client that follows redirects (re-sending the body of a 307), with no
 /// idle connections so a restarted node never meets a stale pooled socket.
 fn follow_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::harness::http()
         .redirect(reqwest::redirect::Policy::limited(5))
         .timeout(timeout)
         .pool_max_idle_per_host(0)
@@ -32,7 +32,7 @@ fn follow_client(timeout: Duration) -> reqwest::Client {
 
 /// A client that does not follow redirects, with `timeout`.
 fn raw_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::harness::http()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .pool_max_idle_per_host(0)

@@ -73,6 +73,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A reqwest client builder. Every HTTP client of the tests starts here: reqwest is built
+/// without a crypto provider of its own (the workspace enables `rustls-no-provider`, so that
+/// only ring is compiled) and panics when it builds a client, even a plain-http one, before a
+/// process-wide rustls provider is installed. `clients_come_from_the_harness` keeps it so.
+pub fn http() -> reqwest::ClientBuilder {
+    // Err only means that a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
 pub async fn wait_until<F, Fut, T>(timeout: Duration, what: &str, mut f: F) -> T
 where
@@ -510,7 +520,7 @@ impl Cluster {
     /// "Leader" and which every other running, unpaused, answering node names
     /// as its leader.
     pub async fn leader(&self, timeout: Duration) -> usize {
-        let client = reqwest::Client::builder()
+        let client = http()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(1))
             .build()
@@ -552,7 +562,7 @@ impl Cluster {
     /// no idle connections, so a request after a node restart never lands on
     /// a dead pooled socket.
     pub fn client() -> reqwest::Client {
-        reqwest::Client::builder()
+        http()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(0)

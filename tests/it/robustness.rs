@@ -261,7 +261,7 @@ impl Sim {
 }
 
 fn http_client(timeout: Duration, redirects: usize) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::harness::http()
         .redirect(reqwest::redirect::Policy::limited(redirects))
         .timeout(timeout)
         .pool_max_idle_per_host(0)

@@ -915,7 +915,7 @@ async fn sigterm_right_after_start_exits_cleanly() {
             .prefix("cete-it-")
             .tempdir()
             .unwrap();
-        let client = reqwest::Client::builder()
+        let client = crate::harness::http()
             .timeout(Duration::from_millis(500))
             .pool_max_idle_per_host(0)
             .build()
@@ -1306,7 +1306,7 @@ async fn snapshot_then_restart_keeps_live_keys_only() {
 
 /// Which of `ports` answers `GET /v1/node` (waiting for exactly one to).
 async fn answering_port(node: &mut NodeProc, ports: &[u16]) -> u16 {
-    let client = reqwest::Client::builder()
+    let client = crate::harness::http()
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();

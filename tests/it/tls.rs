@@ -102,7 +102,7 @@ fn node(name: &str, root: &Path, peer: Option<String>, args: &[String]) -> NodeP
 /// An HTTPS client trusting `ca`, reaching `cete.test` at 127.0.0.1, not following redirects.
 fn https_client(ca: &Path) -> reqwest::Client {
     let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
+    crate::harness::http()
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
         .resolve(NAME, "127.0.0.1:0".parse().unwrap())
         .redirect(reqwest::redirect::Policy::none())
@@ -328,7 +328,11 @@ async fn plain_text_is_refused_on_every_tls_port() {
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
         assert_error_body(body, &["HttpsRequired"], "plain HTTP on the HTTPS port");
 
-        let resp = reqwest::get(format!("http://127.0.0.1:{}/v1/node", n1.http_port))
+        let resp = crate::harness::http()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}/v1/node", n1.http_port))
+            .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 400);
@@ -358,7 +362,9 @@ async fn plain_text_is_refused_on_every_tls_port() {
                     text(&answer)
                 );
             }
-            let plain = reqwest::Client::new()
+            let plain = crate::harness::http()
+                .build()
+                .unwrap()
                 .get(format!("http://127.0.0.1:{port}/"))
                 .timeout(Duration::from_secs(5))
                 .send()

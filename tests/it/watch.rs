@@ -59,7 +59,7 @@ struct Watch {
 
 fn stream_client() -> reqwest::Client {
     // No overall timeout: a watch lasts as long as the test wants.
-    reqwest::Client::builder()
+    crate::harness::http()
         .connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(0)
         .build()
@@ -151,7 +151,7 @@ async fn delete(client: &reqwest::Client, node: &NodeProc, key: &str) -> u64 {
 }
 
 fn follow_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::harness::http()
         .redirect(reqwest::redirect::Policy::limited(5))
         .timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(0)

@@ -234,10 +234,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
             proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(256 << 20),
         )
-        .serve_with_incoming_shutdown(
-            peer_incoming(raft_listener),
-            stopped(shutdown_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(peer_incoming(raft_listener), stopped(shutdown_rx.clone()));
     servers.push(tokio::spawn(async move {
         if let Err(e) = raft_server.await {
             log::error!("raft listener failed: {e}");
@@ -247,10 +244,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         .add_service(proto::peer::peer_server::PeerServer::new(PeerService::new(
             node.clone(),
         )))
-        .serve_with_incoming_shutdown(
-            peer_incoming(grpc_listener),
-            stopped(shutdown_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(peer_incoming(grpc_listener), stopped(shutdown_rx.clone()));
     servers.push(tokio::spawn(async move {
         if let Err(e) = peer_server.await {
             log::error!("peer listener failed: {e}");

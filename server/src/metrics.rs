@@ -501,7 +501,10 @@ fn sample(s: &Sampled, node: &Cete) -> bool {
         .set(gauge_value(Some(node.reader().events().published())));
     let proposer = node.proposer_stats();
     catch_up(&s.proposals, proposer.proposals.load(Ordering::Relaxed));
-    catch_up(&s.proposed_writes, proposer.commands.load(Ordering::Relaxed));
+    catch_up(
+        &s.proposed_writes,
+        proposer.commands.load(Ordering::Relaxed),
+    );
     for (role, stats) in node.read_round_stats() {
         catch_up(
             &s.read_rounds.with_label_values(&[role]),

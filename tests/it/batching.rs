@@ -87,7 +87,8 @@ async fn a_batch_without_quorum_answers_outcome_unknown_to_every_write() {
         let mut cluster = Cluster::start(3, &[]).await;
         let leader = cluster.leader(Duration::from_secs(30)).await;
         let client = client();
-        let proposals_before = metric(&client, &cluster.nodes[leader], "cete_proposals_total").await;
+        let proposals_before =
+            metric(&client, &cluster.nodes[leader], "cete_proposals_total").await;
         for i in 0..3 {
             if i != leader {
                 cluster.nodes[i].kill9();
@@ -100,7 +101,10 @@ async fn a_batch_without_quorum_answers_outcome_unknown_to_every_write() {
             let url = node.url(&format!("/v1/data/lost/k{i}"));
             async move {
                 let resp = client.put(&url).body("v").send().await.expect("PUT");
-                (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+                (
+                    resp.status().as_u16(),
+                    resp.text().await.unwrap_or_default(),
+                )
             }
         });
         let answers = futures::future::join_all(puts).await;
@@ -108,8 +112,7 @@ async fn a_batch_without_quorum_answers_outcome_unknown_to_every_write() {
             assert_eq!(*status, 504, "{text}");
             assert_error_body(text, &["OutcomeUnknown"], "a write without quorum");
         }
-        let proposals =
-            metric(&client, node, "cete_proposals_total").await - proposals_before;
+        let proposals = metric(&client, node, "cete_proposals_total").await - proposals_before;
         assert!(
             proposals < WRITES as u64,
             "{WRITES} writes took {proposals} proposals: none were batched"
@@ -159,9 +162,7 @@ async fn watch_resumes_over_batched_revisions() {
 
         // From a follower, as a client resuming elsewhere would.
         let follower = &cluster.nodes[(leader + 1) % 3];
-        let url = follower.url(&format!(
-            "/v1/watch?prefix=batched/&start_revision={first}"
-        ));
+        let url = follower.url(&format!("/v1/watch?prefix=batched/&start_revision={first}"));
         let mut resp = client.get(&url).send().await.expect("watch");
         assert_eq!(resp.status(), 200);
         let mut seen = Vec::new();
@@ -250,7 +251,8 @@ fn write_format_1_directory(data: &std::path::Path) {
     )
     .expect("open RocksDB");
     let logs = db.cf_handle("logs").unwrap();
-    db.put_cf(logs, 1u64.to_be_bytes(), b"bincode entry").unwrap();
+    db.put_cf(logs, 1u64.to_be_bytes(), b"bincode entry")
+        .unwrap();
     let raft = db.cf_handle("raft").unwrap();
     db.put_cf(raft, b"vote", b"bincode vote").unwrap();
     db.flush_wal(true).unwrap();

@@ -1287,10 +1287,12 @@ async fn planted_bug_is_caught(setting: &'static str, seeds: [u64; 3]) {
                         out.problems,
                         dir.display()
                     );
-                    let report = std::fs::read_to_string(dir.join("report.txt")).unwrap_or_default();
+                    let report =
+                        std::fs::read_to_string(dir.join("report.txt")).unwrap_or_default();
                     assert!(report.contains("NOT LINEARIZABLE"), "{report}");
                     let at = report.find("NOT LINEARIZABLE").unwrap_or(0);
-                    let excerpt: String = report[at..].lines().take(20).collect::<Vec<_>>().join("\n");
+                    let excerpt: String =
+                        report[at..].lines().take(20).collect::<Vec<_>>().join("\n");
                     eprintln!("report excerpt:\n{excerpt}");
                     let _ = std::fs::remove_dir_all(&dir);
                     return;

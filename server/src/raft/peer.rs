@@ -357,16 +357,18 @@ impl Peer for PeerService {
         &self,
         _request: Request<ReadIndexRequest>,
     ) -> std::result::Result<Response<ReadIndexReply>, Status> {
-        Ok(Response::new(match self.node.read_index_for_follower().await {
-            Ok(read_index) => ReadIndexReply {
-                read_index,
-                ..Default::default()
+        Ok(Response::new(
+            match self.node.read_index_for_follower().await {
+                Ok(read_index) => ReadIndexReply {
+                    read_index,
+                    ..Default::default()
+                },
+                Err(e) => ReadIndexReply {
+                    read_index: 0,
+                    error_code: e.code().to_string(),
+                    error_message: error_payload(&e),
+                },
             },
-            Err(e) => ReadIndexReply {
-                read_index: 0,
-                error_code: e.code().to_string(),
-                error_message: error_payload(&e),
-            },
-        }))
+        ))
     }
 }

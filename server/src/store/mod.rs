@@ -113,7 +113,11 @@ impl Db {
 
     fn is_empty(&self) -> Result<bool, StoreError> {
         for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS] {
-            if let Some(item) = self.inner.iterator_cf(self.cf(name), IteratorMode::Start).next() {
+            if let Some(item) = self
+                .inner
+                .iterator_cf(self.cf(name), IteratorMode::Start)
+                .next()
+            {
                 item?;
                 return Ok(false);
             }

@@ -180,8 +180,8 @@ fn fill(
     );
     // The backup is read again here: a file changed since it was verified
     // fails its checksum now, and the marker keeps the result from starting.
-    let keys =
-        state_machine::restore_from_backup(&db, backup, last, revision, membership).map_err(|e| match e {
+    let keys = state_machine::restore_from_backup(&db, backup, last, revision, membership)
+        .map_err(|e| match e {
             SnapshotError::Io(io) => FillError::Store(io.to_string()),
             other => FillError::Backup(other),
         })?;

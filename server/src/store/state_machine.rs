@@ -30,9 +30,7 @@ use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_META};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use crate::raft::{
-    Command, CommandResult, Precondition, ProposalResult, SnapshotData, TypeConfig,
-};
+use crate::raft::{Command, CommandResult, Precondition, ProposalResult, SnapshotData, TypeConfig};
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 /// The revision of the last write applied (0 before the first).

@@ -27,7 +27,7 @@ async fn metric(client: &reqwest::Client, node: &NodeProc, name: &str) -> u64 {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::harness::http()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()

@@ -279,7 +279,7 @@ impl Cete {
         }
         match self.proposer.propose(command).await {
             Ok(result) => Ok(result),
-            Err(ProposeError::Raft(err)) => Err(self.write_error(err)),
+            Err(ProposeError::Raft(err)) => Err(self.write_error(*err)),
             Err(ProposeError::Timeout(after)) => Err(Error::OutcomeUnknown(format!(
                 "not committed within {}s",
                 after.as_secs()

@@ -56,7 +56,7 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub enum ProposeError {
     /// openraft refused the proposal: this node does not lead, or Raft stopped.
-    Raft(RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>),
+    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>),
     /// Handed to Raft, but not committed within the timeout: it may still be.
     Timeout(Duration),
     /// Handed to Raft, which stopped before it answered: it may be committed.
@@ -144,7 +144,10 @@ async fn run(
         let early_answers = planted_early_ack.then(|| guessed_results(&commands));
         // Handed over here, in order, before the next batch is packed.
         match raft.client_write_ff(Proposal { commands }).await {
-            Err(fatal) => answer_all(replies, Err(ProposeError::Raft(RaftError::Fatal(fatal)))),
+            Err(fatal) => answer_all(
+                replies,
+                Err(ProposeError::Raft(Box::new(RaftError::Fatal(fatal)))),
+            ),
             Ok(response) => {
                 let mut replies = Some(replies);
                 if let Some(answers) = early_answers {
@@ -164,7 +167,7 @@ async fn run(
                         Ok(Err(_)) => answer_all(replies, Err(ProposeError::Abandoned)),
                         Ok(Ok(Err(refused))) => answer_all(
                             replies,
-                            Err(ProposeError::Raft(RaftError::APIError(refused))),
+                            Err(ProposeError::Raft(Box::new(RaftError::APIError(refused)))),
                         ),
                         Ok(Ok(Ok(written))) => {
                             let results = written.data.results;

@@ -72,7 +72,7 @@ fn run(log: Arc<DB>, data: Option<Arc<DB>>, secs: u64) -> Figures {
         log.write_opt(batch, &sync).expect("log append");
         latencies.push(t.elapsed().as_micros());
         index += 1;
-        if index % 1024 == 0 {
+        if index.is_multiple_of(1024) {
             // Keep the log short, as purges do.
             log.delete_range_cf(cf, 0u64.to_be_bytes(), (index - 512).to_be_bytes())
                 .expect("purge");

@@ -705,8 +705,11 @@ async fn documented_errors_and_status_endpoints() {
         )
         .await;
 
-        // Routing.
-        for path in ["/v2/data/x", "/v1/nope", "/", "/v1/node/extra", "/v1"] {
+        // Routing (`/` is the dashboard's redirect to `/ui/`).
+        let root = send(Method::GET, "/").await.unwrap();
+        assert_eq!(root.status(), 302, "GET /");
+        assert_eq!(root.headers()["location"], "/ui/");
+        for path in ["/v2/data/x", "/v1/nope", "/v1/node/extra", "/v1"] {
             expect_error(
                 send(Method::GET, path).await.unwrap(),
                 404,

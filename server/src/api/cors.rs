@@ -50,13 +50,28 @@ pub(crate) fn member_origin(
         })
 }
 
+/// Matches OPTIONS only. Other methods are rejected as not found, not as
+/// `warp::options()` does (405): that rejection would outrank every other
+/// route's 404 and turn unknown paths into 405s.
+fn options_only() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(|method: http::Method| async move {
+            if method == http::Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
 /// Answers a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`)
 /// from a member's origin for a method the path serves; anything else passes
 /// on (to the `405` that `OPTIONS` gets elsewhere).
 pub(crate) fn preflight(
     node: Arc<Cete>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::options()
+    options_only()
         .and(warp::path::full())
         .and(warp::header::<String>("access-control-request-method"))
         .and(member_origin(node))

@@ -484,7 +484,8 @@ def browse(root, nodes, leader, follower, ports):
         print("requests")
         page.collect_requests()
         foreign = [u for u in page.requested
-                   if not u.startswith(("data:", "blob:"))
+                   # chrome:// is the browser's own first tab, served from inside it.
+                   if not u.startswith(("data:", "blob:", "chrome:", "chrome-untrusted:"))
                    and not (urlsplit(u).hostname == "127.0.0.1" and urlsplit(u).port in ports)]
         check(page.requested and not foreign,
               f"{len(page.requested)} requests, all to the cluster's nodes (others: {foreign[:5]})")

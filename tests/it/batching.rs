@@ -194,21 +194,19 @@ async fn an_old_format_data_directory_is_refused() {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         write_format_1_directory(&data);
-        let out = run_server_to_exit(
-            &[
-                "--id",
-                "node1",
-                "--data-directory",
-                data.to_str().unwrap(),
-                "--http-address",
-                "127.0.0.1:0",
-                "--grpc-address",
-                "127.0.0.1:0",
-                "--raft-address",
-                "127.0.0.1:0",
-            ],
-            root.path(),
-        );
+        let args = [
+            "--id",
+            "node1",
+            "--data-directory",
+            data.to_str().unwrap(),
+            "--http-address",
+            "127.0.0.1:0",
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--raft-address",
+            "127.0.0.1:0",
+        ];
+        let out = run_server_to_exit(&args, root.path());
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -218,21 +216,7 @@ async fn an_old_format_data_directory_is_refused() {
             "{stderr}"
         );
         // Refused, not changed: it is refused again, the same way.
-        let again = run_server_to_exit(
-            &[
-                "--id",
-                "node1",
-                "--data-directory",
-                data.to_str().unwrap(),
-                "--http-address",
-                "127.0.0.1:0",
-                "--grpc-address",
-                "127.0.0.1:0",
-                "--raft-address",
-                "127.0.0.1:0",
-            ],
-            root.path(),
-        );
+        let again = run_server_to_exit(&args, root.path());
         assert_eq!(String::from_utf8_lossy(&again.stderr), stderr);
     })
     .await

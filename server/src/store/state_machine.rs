@@ -712,25 +712,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let read = |e: StoreError| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
-        let Some(current) = read_meta::<CurrentSnapshot>(&self.db, KEY_SNAPSHOT).map_err(read)?
-        else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta = serde_json::from_str(&current.meta_json)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        let file = tokio::fs::File::open(self.db.snapshot_dir().join(&current.file))
-            .await
-            .map_err(|e| {
-                io_err(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Read,
-                    e,
-                )
-            })?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        }))
+        let mut current = read_meta::<CurrentSnapshot>(&self.db, KEY_SNAPSHOT).map_err(read)?;
+        loop {
+            let Some(recorded) = current else {
+                return Ok(None);
+            };
+            let meta: SnapshotMeta = serde_json::from_str(&recorded.meta_json)
+                .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+            match tokio::fs::File::open(self.db.snapshot_dir().join(&recorded.file)).await {
+                Ok(file) => {
+                    return Ok(Some(Snapshot {
+                        meta,
+                        snapshot: Box::new(file),
+                    }))
+                }
+                Err(e) => {
+                    // A new snapshot is recorded before the old file is removed: if the
+                    // record changed meanwhile, the new one is there to open. Open, a file
+                    // stays readable when it is removed.
+                    let now = read_meta::<CurrentSnapshot>(&self.db, KEY_SNAPSHOT).map_err(read)?;
+                    let replaced = now.as_ref().map(|c| &c.file) != Some(&recorded.file);
+                    if e.kind() != std::io::ErrorKind::NotFound || !replaced {
+                        return Err(io_err(
+                            ErrorSubject::Snapshot(Some(meta.signature())),
+                            ErrorVerb::Read,
+                            e,
+                        ));
+                    }
+                    current = now;
+                }
+            }
+        }
     }
 }
 
@@ -957,6 +969,31 @@ mod tests {
                 created: false
             }]
         );
+    }
+
+    /// A new snapshot replaces the current one while openraft reads the current one (to send
+    /// it to a follower): the read gets one of the two, never the old file's NotFound, which
+    /// openraft takes for a storage failure and stops Raft on (seen in a soak: the leader
+    /// stopped while it re-added a member).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_the_current_snapshot_races_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        sm.apply(vec![entry(1, put("k", "v", None))]).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let building = tokio::spawn(async move {
+            for _ in 0..200 {
+                builder.build_snapshot().await.unwrap();
+            }
+        });
+        let mut reads = 0;
+        while !building.is_finished() {
+            let current = sm.get_current_snapshot().await;
+            assert!(current.is_ok_and(|s| s.is_some()), "after {reads} reads");
+            reads += 1;
+        }
+        building.await.unwrap();
     }
 
     /// Installing a snapshot replaces the whole state: keys it lacks are gone

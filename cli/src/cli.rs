@@ -34,7 +34,8 @@ pub struct Cli {
         env = "CETE_CACERT",
         value_name = "FILE",
         visible_alias = "cacert",
-        alias = "certificate-file"
+        alias = "certificate-file",
+        alias = "cert-file"
     )]
     pub ca_cert: Option<PathBuf>,
 

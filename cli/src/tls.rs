@@ -5,6 +5,10 @@
 //! address, first the one given and then wherever a redirect points. So with `--common-name`
 //! the name in the URL is not the one checked; a verifier that substitutes the configured name
 //! does that for every host alike, where a DNS override would cover one host only.
+//!
+//! A `--cacert` that is one self-signed CA certificate (as the original Cete's openssl recipe
+//! makes) is also pinned: webpki will not take a CA as the server's own certificate, so that
+//! exact certificate is accepted as well, byte for byte, the handshake still proving the key.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,11 +21,57 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// Verifies like a browser would, but for `name` instead of the host that was dialled.
+/// A self-signed CA certificate trusted as the server's own: exactly it, within its dates.
+#[derive(Debug)]
+struct Pin {
+    der: CertificateDer<'static>,
+    not_before: u64,
+    not_after: u64,
+}
+
+impl Pin {
+    /// The pin for `certs` if they are one self-signed certificate. That it is also a CA
+    /// does not matter: only these exact bytes pass, and webpki is asked first.
+    fn of(certs: &[CertificateDer<'static>]) -> Option<Pin> {
+        let [der] = certs else { return None };
+        let cert = der::fields(der)?;
+        if cert.subject != cert.issuer {
+            return None;
+        }
+        Some(Pin {
+            der: der.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+        })
+    }
+
+    /// `None` when `presented` is not the pinned certificate, else whether it is valid now.
+    fn check(
+        &self,
+        presented: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<Result<ServerCertVerified, rustls::Error>> {
+        if presented.as_ref() != self.der.as_ref() || !intermediates.is_empty() {
+            return None;
+        }
+        Some(if now.as_secs() < self.not_before {
+            Err(rustls::CertificateError::NotValidYet.into())
+        } else if now.as_secs() > self.not_after {
+            Err(rustls::CertificateError::Expired.into())
+        } else {
+            Ok(ServerCertVerified::assertion())
+        })
+    }
+}
+
+/// Verifies like a browser would, but for `name` (if given) instead of the host that was
+/// dialled, and accepts the pinned certificate (if any) that webpki refuses.
 #[derive(Debug)]
 struct PinnedName {
     inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
+    name: Option<ServerName<'static>>,
+    pin: Option<Pin>,
 }
 
 impl ServerCertVerifier for PinnedName {
@@ -29,12 +79,24 @@ impl ServerCertVerifier for PinnedName {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _dialled: &ServerName<'_>,
+        dialled: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        let name = self.name.as_ref().unwrap_or(dialled);
+        let verdict =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now);
+        if verdict.is_err() {
+            if let Some(pinned) = self
+                .pin
+                .as_ref()
+                .and_then(|p| p.check(end_entity, intermediates, now))
+            {
+                return pinned;
+            }
+        }
+        verdict
     }
 
     fn verify_tls12_signature(
@@ -75,6 +137,7 @@ pub fn client_config(
     common_name: Option<&str>,
 ) -> Result<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
+    let mut pin = None;
     match ca_cert {
         Some(path) => {
             let pem =
@@ -83,6 +146,7 @@ pub fn client_config(
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
             anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+            pin = Pin::of(&certs);
             for cert in certs {
                 roots
                     .add(cert)
@@ -98,20 +162,22 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let Some(name) = common_name else {
+    if common_name.is_none() && pin.is_none() {
         return Ok(builder.with_root_certificates(roots).with_no_client_auth());
-    };
-    let server_name = ServerName::try_from(name.to_string())
-        .map_err(|_| anyhow::anyhow!("--common-name {name:?} is not a DNS name or IP address"))?;
+    }
+    let name = common_name
+        .map(|name| {
+            ServerName::try_from(name.to_string()).map_err(|_| {
+                anyhow::anyhow!("--common-name {name:?} is not a DNS name or IP address")
+            })
+        })
+        .transpose()?;
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .context("cannot build the certificate verifier")?;
     Ok(builder
         .dangerous() // a custom verifier, which still verifies everything
-        .with_custom_certificate_verifier(Arc::new(PinnedName {
-            inner,
-            name: server_name,
-        }))
+        .with_custom_certificate_verifier(Arc::new(PinnedName { inner, name, pin }))
         .with_no_client_auth())
 }
 
@@ -143,6 +209,94 @@ pub fn explain(url: &Url, detail: String) -> String {
         );
     }
     detail
+}
+
+/// The few fields of an X.509 certificate that a pin needs, read from its DER by hand: the
+/// crates that parse certificates fully are not in this build (and would bring their own
+/// proc-macros, which rebuild RocksDB's build script).
+mod der {
+    /// Issuer and subject (their DER contents) and validity, in seconds since the epoch.
+    pub struct Fields<'a> {
+        pub issuer: &'a [u8],
+        pub subject: &'a [u8],
+        pub not_before: u64,
+        pub not_after: u64,
+    }
+
+    /// One DER element: its tag, its contents and what follows it.
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0, |acc, b| acc << 8 | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    pub fn fields(der: &[u8]) -> Option<Fields<'_>> {
+        let (0x30, cert, _) = tlv(der)? else {
+            return None;
+        };
+        let (0x30, tbs, _) = tlv(cert)? else {
+            return None;
+        };
+        let (tag, _, rest) = tlv(tbs)?;
+        // [0] version, then the serial number; or the serial number alone (v1).
+        let rest = if tag == 0xa0 { tlv(rest)?.2 } else { rest };
+        let (_, _, rest) = tlv(rest)?; // the signature algorithm
+        let (0x30, issuer, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, validity, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, subject, _) = tlv(rest)? else {
+            return None;
+        };
+        let (tag, before, rest) = tlv(validity)?;
+        let not_before = time(tag, before)?;
+        let (tag, after, _) = tlv(rest)?;
+        Some(Fields {
+            issuer,
+            subject,
+            not_before,
+            not_after: time(tag, after)?,
+        })
+    }
+
+    /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as DER writes them.
+    fn time(tag: u8, text: &[u8]) -> Option<u64> {
+        let digits = text.strip_suffix(b"Z")?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let num = |s: &[u8]| s.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+        let (year, rest) = match (tag, digits.len()) {
+            (0x17, 12) => {
+                let yy = num(&digits[..2]);
+                (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+            }
+            (0x18, 14) => (num(&digits[..4]), &digits[4..]),
+            _ => return None,
+        };
+        let [month, day, hour, minute, second] = [0, 2, 4, 6, 8].map(|i| num(&rest[i..i + 2]));
+        // Days from the civil date (H. Hinnant's algorithm).
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+        u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+    }
 }
 
 #[cfg(test)]

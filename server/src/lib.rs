@@ -229,22 +229,34 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = Vec::new();
-    let raft_server = grpc_server(tls.as_ref())?
-        .add_service(
-            proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
-                .max_decoding_message_size(256 << 20),
-        )
-        .serve_with_incoming_shutdown(peer_incoming(raft_listener), stopped(shutdown_rx.clone()));
+    let grpc_tls = match &tls {
+        Some(tls) => Some(tls.grpc_server_config()?),
+        None => None,
+    };
+    let raft_router = tonic::transport::Server::builder().add_service(
+        proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
+            .max_decoding_message_size(256 << 20),
+    );
+    let raft_server = serve_grpc(
+        raft_router,
+        raft_listener,
+        grpc_tls.clone(),
+        stopped(shutdown_rx.clone()),
+    );
     servers.push(tokio::spawn(async move {
         if let Err(e) = raft_server.await {
             log::error!("raft listener failed: {e}");
         }
     }));
-    let peer_server = grpc_server(tls.as_ref())?
-        .add_service(proto::peer::peer_server::PeerServer::new(PeerService::new(
-            node.clone(),
-        )))
-        .serve_with_incoming_shutdown(peer_incoming(grpc_listener), stopped(shutdown_rx.clone()));
+    let peer_router = tonic::transport::Server::builder().add_service(
+        proto::peer::peer_server::PeerServer::new(PeerService::new(node.clone())),
+    );
+    let peer_server = serve_grpc(
+        peer_router,
+        grpc_listener,
+        grpc_tls,
+        stopped(shutdown_rx.clone()),
+    );
     servers.push(tokio::spawn(async move {
         if let Err(e) = peer_server.await {
             log::error!("peer listener failed: {e}");
@@ -407,14 +419,20 @@ fn peer_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// A gRPC server builder, with TLS (peers must present a trusted certificate) if configured.
-fn grpc_server(tls: Option<&tls::TlsConfig>) -> anyhow::Result<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder();
+/// Serves `router` on `listener`, with TLS (peers must present a trusted certificate) if
+/// configured. The TLS is ours, not tonic's, whose settings take no custom verifier.
+fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> {
+    let incoming = peer_incoming(listener);
     match tls {
-        Some(tls) => builder
-            .tls_config(tls.grpc_server_config())
-            .context("configuring TLS for gRPC"),
-        None => Ok(builder),
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls::accept(incoming, tls), shutdown))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
     }
 }
 

@@ -1,21 +1,29 @@
 //! TLS: the node's certificate, key and trust root, read and checked once at start, then
-//! turned into the three shapes that need them: a rustls server config for the HTTP API, a
-//! tonic server config for the gRPC listeners (mutual TLS: peers must present a certificate
-//! from the trust root) and a tonic client config for calls to peers.
+//! turned into the three shapes that need them: a rustls server config for the HTTP API, one
+//! for the gRPC listeners (mutual TLS: peers must present a certificate from the trust root)
+//! and a client config for calls to peers. The gRPC sides do their TLS here rather than
+//! through tonic's TLS settings, which take no custom verifier (see [`Pinned`]).
 //!
 //! Every peer is verified against the same name, `--common-name`, as in the original Cete:
 //! nodes dial each other by address, and one name for the cluster keeps the certificates simple.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::client::danger::ServerCertVerifier;
-use rustls::crypto::CryptoProvider;
+use futures::{Stream, StreamExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, RootCertStore};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use tokio::net::TcpStream;
 
 use crate::config::TlsSettings;
 
@@ -57,13 +65,12 @@ impl From<rustls::Error> for TlsError {
 /// The checked TLS material of this node.
 #[derive(Clone)]
 pub struct TlsConfig {
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    ca_pem: Vec<u8>,
     certs: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
-    /// The same client side as the gRPC channels', for [`ClientTls::diagnose`].
-    probe: Arc<rustls::ClientConfig>,
+    /// How peers' client certificates are checked on the gRPC listeners.
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    /// The client side of calls to peers: the gRPC channels and [`ClientTls::diagnose`].
+    client: Arc<rustls::ClientConfig>,
     /// The name every node's certificate is checked against.
     pub server_name: String,
 }
@@ -151,10 +158,154 @@ fn describe(err: &rustls::Error) -> String {
     }
 }
 
+/// Trusts exactly one certificate, byte for byte, and no chain: the node's own, when it is
+/// its own trust root and webpki refuses it as an end certificate because it is a CA (as the
+/// original Cete's `openssl req -x509` recipe makes: CA:TRUE, no subjectAltName). No other
+/// certificate can match, so names do not matter; the handshake signature is still verified
+/// with the certificate's key (the peer proves it holds the key), and the dates still count.
+#[derive(Debug)]
+pub struct Pinned {
+    der: CertificateDer<'static>,
+    not_before: u64,
+    not_after: u64,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    /// The pin for `der` if it is a self-signed certificate whose common name is `name`.
+    fn new(der: &CertificateDer<'static>, name: &str) -> Result<Pinned, String> {
+        let cert = der::fields(der).ok_or("unreadable certificate")?;
+        if cert.subject != cert.issuer {
+            return Err(
+                "the certificate is a CA certificate (basicConstraints CA:TRUE) that \
+                        is not self-signed"
+                    .into(),
+            );
+        }
+        let cn = der::common_name(cert.subject);
+        if cn != Some(name) {
+            return Err(format!(
+                "the certificate is not valid for the common name: its CN is {}",
+                cn.unwrap_or("missing")
+            ));
+        }
+        Ok(Pinned {
+            der: der.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+
+    fn check(
+        &self,
+        presented: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        if presented.as_ref() != self.der.as_ref() || !intermediates.is_empty() {
+            return Err(CertificateError::UnknownIssuer.into());
+        }
+        if now.as_secs() < self.not_before {
+            return Err(CertificateError::NotValidYet.into());
+        }
+        if now.as_secs() > self.not_after {
+            return Err(CertificateError::Expired.into());
+        }
+        Ok(())
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn is_ca_used_as_end_entity(err: &rustls::Error) -> bool {
+    matches!(
+        err,
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            )
+    )
+}
+
 impl TlsConfig {
     /// Reads and checks the files: PEM that parses, a key that matches the certificate, a
     /// certificate that chains to the trust root, is valid now, is valid for the common name
     /// and may be used both as a server and as a client certificate (peers use it both ways).
+    /// A self-signed CA certificate that is its own trust root is pinned instead ([`Pinned`]).
     /// Blocking file I/O: call it from a blocking context.
     pub fn load(settings: &TlsSettings) -> Result<TlsConfig, TlsError> {
         // tonic builds its rustls configs with the process default provider, which rustls
@@ -199,7 +350,9 @@ impl TlsConfig {
             None => (CERT, cert_path.as_path(), cert_pem.clone()),
         };
         let mut roots = RootCertStore::empty();
-        for ca in parse_certs(ca_flag, ca_path, &ca_pem)? {
+        let cas = parse_certs(ca_flag, ca_path, &ca_pem)?;
+        let own_root = certs.len() == 1 && cas == certs;
+        for ca in cas {
             roots.add(ca).map_err(|e| {
                 invalid(
                     ca_flag,
@@ -229,52 +382,67 @@ impl TlsConfig {
         } else {
             String::new()
         };
-        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        let webpki_server = rustls::client::WebPkiServerVerifier::builder_with_provider(
             roots.clone(),
             provider.clone(),
         )
         .build()
         .map_err(|e| invalid(ca_flag, ca_path, e.to_string()))?;
-        server_verifier
-            .verify_server_cert(&certs[0], &certs[1..], &name, &[], now)
-            .map_err(|e| {
-                invalid(
-                    CERT,
-                    cert_path,
-                    format!(
-                        "{} (checked for --common-name {server_name}{trust})",
-                        describe(&e)
-                    ),
+        let checked = |e: &rustls::Error| {
+            invalid(
+                CERT,
+                cert_path,
+                format!(
+                    "{} (checked for --common-name {server_name}{trust})",
+                    describe(e)
+                ),
+            )
+        };
+        let (server_verifier, client_verifier): (
+            Arc<dyn ServerCertVerifier>,
+            Arc<dyn ClientCertVerifier>,
+        ) = match webpki_server.verify_server_cert(&certs[0], &certs[1..], &name, &[], now) {
+            Ok(_) => {
+                let webpki_client = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.clone(),
+                    provider.clone(),
                 )
-            })?;
-        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| invalid(ca_flag, ca_path, e.to_string()))?;
-        client_verifier
-            .verify_client_cert(&certs[0], &certs[1..], now)
-            .map_err(|e| {
-                invalid(
-                    CERT,
-                    cert_path,
-                    format!(
-                        "cannot serve as a client certificate between peers (mutual TLS): {}",
-                        describe(&e)
-                    ),
-                )
-            })?;
-        let mut probe = rustls::ClientConfig::builder_with_provider(provider)
+                .build()
+                .map_err(|e| invalid(ca_flag, ca_path, e.to_string()))?;
+                webpki_client
+                    .verify_client_cert(&certs[0], &certs[1..], now)
+                    .map_err(|e| {
+                        invalid(
+                            CERT,
+                            cert_path,
+                            format!(
+                                "cannot serve as a client certificate between peers (mutual \
+                                 TLS): {}",
+                                describe(&e)
+                            ),
+                        )
+                    })?;
+                (webpki_server, webpki_client)
+            }
+            // webpki refuses a CA as an end certificate; one that is its own root is pinned.
+            Err(e) if own_root && is_ca_used_as_end_entity(&e) => {
+                let pin = Pinned::new(&certs[0], &server_name)
+                    .map_err(|problem| invalid(CERT, cert_path, problem))?;
+                pin.check(&certs[0], &[], now).map_err(|e| checked(&e))?;
+                let pin = Arc::new(pin);
+                (pin.clone(), pin)
+            }
+            Err(e) => return Err(checked(&e)),
+        };
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .dangerous() // webpki's verifier or a pin, both verify the handshake
+            .with_custom_certificate_verifier(server_verifier)
             .with_client_auth_cert(certs.clone(), key.clone_key())?;
-        probe.alpn_protocols = vec![b"h2".to_vec()];
+        client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsConfig {
-            probe: Arc::new(probe),
-            cert_pem,
-            key_pem,
-            ca_pem,
+            client: Arc::new(client),
+            client_verifier,
             certs,
             key: Arc::new(key),
             server_name,
@@ -293,22 +461,92 @@ impl TlsConfig {
     }
 
     /// TLS for the Raft and peer gRPC listeners: peers must present a certificate that
-    /// chains to the trust root.
-    pub fn grpc_server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .timeout(HANDSHAKE_TIMEOUT)
+    /// chains to the trust root (or the pinned one), HTTP/2 only.
+    pub fn grpc_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(self.client_verifier.clone())
+            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// TLS connections accepted from `incoming`, for tonic's `serve_with_incoming`. Each
+/// handshake runs on its own task with a deadline, so a slow client holds up no other; failed
+/// ones are dropped (the client sees why). Stops accepting once the server drops the stream.
+pub fn accept<S>(
+    incoming: S,
+    config: Arc<rustls::ServerConfig>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>
+where
+    S: Stream<Item = std::io::Result<TcpStream>> + Send + Unpin + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut incoming = incoming;
+        loop {
+            let tcp = tokio::select! {
+                _ = tx.closed() => return,
+                next = incoming.next() => match next {
+                    Some(Ok(tcp)) => tcp,
+                    Some(Err(e)) => {
+                        log::debug!("accepting a peer connection: {e}");
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => log::debug!("TLS handshake with a peer failed: {e}"),
+                    Err(_) => log::debug!("TLS handshake with a peer timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Dials peers for tonic (`Endpoint::connect_with_connector`): TCP without Nagle, then TLS
+/// with the node's client config, checked against the common name.
+#[derive(Clone)]
+pub struct PeerConnector {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl tower_service::Service<http::Uri> for PeerConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    /// TLS for calls to peers: their certificate must chain to the trust root and be valid
-    /// for the common name; ours goes along for mutual TLS.
-    pub fn grpc_client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .domain_name(self.server_name.clone())
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .timeout(HANDSHAKE_TIMEOUT)
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let name = self.name.clone();
+        Box::pin(async move {
+            let address = uri.authority().map(|a| a.as_str().to_string());
+            let address = address.ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no peer address")
+            })?;
+            let tcp = TcpStream::connect(address).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
     }
 }
 
@@ -318,10 +556,9 @@ pub enum ClientTls {
     /// Plain text (no TLS configured).
     #[default]
     Plain,
-    /// TLS with the node's trust root and client certificate.
+    /// TLS with the node's trust root (or pin) and client certificate.
     Tls {
-        grpc: ClientTlsConfig,
-        probe: Arc<rustls::ClientConfig>,
+        config: Arc<rustls::ClientConfig>,
         server_name: String,
     },
 }
@@ -330,26 +567,27 @@ impl ClientTls {
     /// The client side of `config`, or plain text without one.
     pub fn new(config: Option<&TlsConfig>) -> ClientTls {
         config.map_or(ClientTls::Plain, |c| ClientTls::Tls {
-            grpc: c.grpc_client_config(),
-            probe: c.probe.clone(),
+            config: c.client.clone(),
             server_name: c.server_name.clone(),
         })
     }
 
-    /// The URL scheme peers are dialled with.
-    pub fn scheme(&self) -> &'static str {
-        match self {
-            ClientTls::Plain => "http",
-            ClientTls::Tls { .. } => "https",
-        }
-    }
-
-    /// Applies the TLS settings, if any, to an endpoint.
-    pub fn configure(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
-        match self {
-            ClientTls::Plain => Ok(endpoint),
-            ClientTls::Tls { grpc, .. } => endpoint.tls_config(grpc.clone()),
-        }
+    /// The connector that does TLS for the gRPC channels, `None` when plain. The endpoint's
+    /// URL stays `http://` then: tonic refuses `https://` without its own TLS settings.
+    pub fn connector(&self) -> Option<PeerConnector> {
+        let ClientTls::Tls {
+            config,
+            server_name,
+        } = self
+        else {
+            return None;
+        };
+        // load() checked that the name parses.
+        let name = ServerName::try_from(server_name.clone()).ok()?;
+        Some(PeerConnector {
+            config: config.clone(),
+            name,
+        })
     }
 
     /// Why TLS with the peer at `address` fails, if it does. gRPC reports a refused
@@ -359,7 +597,8 @@ impl ClientTls {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio::time::timeout;
         let ClientTls::Tls {
-            probe, server_name, ..
+            config: probe,
+            server_name,
         } = self
         else {
             return None;
@@ -387,6 +626,108 @@ impl ClientTls {
             Ok(Err(e)) => Some(format!("the peer refused this node's certificate: {e}")),
             _ => None,
         }
+    }
+}
+
+/// The few fields of an X.509 certificate that a pin needs, read from its DER by hand: the
+/// crates that parse certificates fully are not in this build (and would bring their own
+/// proc-macros, which rebuild RocksDB's build script).
+mod der {
+    /// Issuer and subject (their DER contents) and validity, in seconds since the epoch.
+    pub(super) struct Fields<'a> {
+        pub(super) issuer: &'a [u8],
+        pub(super) subject: &'a [u8],
+        pub(super) not_before: u64,
+        pub(super) not_after: u64,
+    }
+
+    /// One DER element: its tag, its contents and what follows it.
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0, |acc, b| acc << 8 | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    pub(super) fn fields(der: &[u8]) -> Option<Fields<'_>> {
+        let (0x30, cert, _) = tlv(der)? else {
+            return None;
+        };
+        let (0x30, tbs, _) = tlv(cert)? else {
+            return None;
+        };
+        let (tag, _, rest) = tlv(tbs)?;
+        // [0] version, then the serial number; or the serial number alone (v1).
+        let rest = if tag == 0xa0 { tlv(rest)?.2 } else { rest };
+        let (_, _, rest) = tlv(rest)?; // the signature algorithm
+        let (0x30, issuer, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, validity, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, subject, _) = tlv(rest)? else {
+            return None;
+        };
+        let (tag, before, rest) = tlv(validity)?;
+        let not_before = time(tag, before)?;
+        let (tag, after, _) = tlv(rest)?;
+        Some(Fields {
+            issuer,
+            subject,
+            not_before,
+            not_after: time(tag, after)?,
+        })
+    }
+
+    /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as DER writes them.
+    fn time(tag: u8, text: &[u8]) -> Option<u64> {
+        let digits = text.strip_suffix(b"Z")?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let num = |s: &[u8]| s.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+        let (year, rest) = match (tag, digits.len()) {
+            (0x17, 12) => {
+                let yy = num(&digits[..2]);
+                (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+            }
+            (0x18, 14) => (num(&digits[..4]), &digits[4..]),
+            _ => return None,
+        };
+        let [month, day, hour, minute, second] = [0, 2, 4, 6, 8].map(|i| num(&rest[i..i + 2]));
+        // Days from the civil date (H. Hinnant's algorithm).
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+        u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+    }
+    /// The subject's first common name, if it is a string.
+    pub(super) fn common_name(subject: &[u8]) -> Option<&str> {
+        let mut rdns = subject;
+        while !rdns.is_empty() {
+            let (_, set, rest) = tlv(rdns)?;
+            rdns = rest;
+            let (_, attribute, _) = tlv(set)?;
+            let (_, oid, value) = tlv(attribute)?;
+            if oid == [0x55, 0x04, 0x03] {
+                return std::str::from_utf8(tlv(value)?.1).ok();
+            }
+        }
+        None
     }
 }
 
@@ -535,5 +876,50 @@ mod tests {
         let (ic, ik) = (f.write("ic.pem", &ip_only), f.write("ik.pem", &ip_key));
         let e = err(settings(&ic, &ik, Some(&ca), None));
         assert!(e.starts_with("--common-name is required"), "{e}");
+    }
+
+    /// Like the original Cete's openssl recipe: self-signed, CA:TRUE, CN only.
+    fn self_signed_ca(cn: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_self_signed_ca_that_is_its_own_root_is_pinned_and_nothing_else_passes() {
+        let f = Files::new();
+        let (cert_pem, key_pem) = self_signed_ca("localhost");
+        let (other_pem, _) = self_signed_ca("localhost");
+        let (cert, key) = (f.write("c.pem", &cert_pem), f.write("k.pem", &key_pem));
+        let config = TlsConfig::load(&settings(&cert, &key, None, Some("localhost"))).unwrap();
+        let same = TlsConfig::load(&settings(&cert, &key, Some(&cert), Some("localhost")));
+        assert!(same.is_ok());
+        let own = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let other = CertificateDer::from_pem_slice(other_pem.as_bytes()).unwrap();
+        let now = UnixTime::now();
+        let pin = der::fields(&own).unwrap();
+        assert_eq!(pin.not_before, 157_766_400, "rcgen's default: 1975-01-01");
+        assert_eq!(pin.not_after, 67_090_118_400, "rcgen's default: 4096-01-01");
+        assert_eq!(der::common_name(pin.subject), Some("localhost"));
+        let verifier = &config.client_verifier;
+        assert!(verifier.verify_client_cert(&own, &[], now).is_ok());
+        assert!(verifier.verify_client_cert(&other, &[], now).is_err());
+        assert!(verifier
+            .verify_client_cert(&own, std::slice::from_ref(&own), now)
+            .is_err());
+        // rcgen's certificates run to the year 4096.
+        let later = UnixTime::since_unix_epoch(Duration::from_secs(u64::from(u32::MAX) * 100));
+        assert!(verifier.verify_client_cert(&own, &[], later).is_err());
+
+        let err = |s: TlsSettings| TlsConfig::load(&s).unwrap_err().to_string();
+        let e = err(settings(&cert, &key, None, Some("other.test")));
+        assert!(e.contains("not valid for the common name"), "{e}");
+        // With another trust root it is no pin: today's refusal and its advice stand.
+        let other_file = f.write("o.pem", &other_pem);
+        let e = err(settings(&cert, &key, Some(&other_file), Some("localhost")));
+        assert!(e.contains("CA:TRUE") || e.contains("not signed"), "{e}");
     }
 }

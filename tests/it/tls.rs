@@ -516,3 +516,126 @@ fn certificate_problems_stop_the_server_at_start() {
         assert!(err.starts_with("cete-server: "), "{what}: {err}");
     }
 }
+
+/// Runs the original Cete README's certificate recipe verbatim in `dir`: a self-signed
+/// CA:TRUE certificate for CN=localhost, without a subjectAltName. Returns (cert, key).
+fn original_recipe(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "openssl req -x509 -nodes -newkey rsa:4096 -keyout ./etc/cete-key.pem \
+             -out ./etc/cete-cert.pem -days 365 -subj '/CN=localhost'",
+        )
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    (dir.join("etc/cete-cert.pem"), dir.join("etc/cete-key.pem"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_recipe_certificate_is_pinned_by_peers_and_the_cli() {
+    bounded(Duration::from_secs(150), async {
+        let root = tempfile::tempdir().unwrap();
+        let (cert, key) = original_recipe(&root.path().join("a"));
+        let (other_cert, other_key) = original_recipe(&root.path().join("b"));
+        // The original's flags: no CA file, so the certificate is its own trust root.
+        let args = |cert: &Path, key: &Path| {
+            vec![
+                "--cert-file".to_string(),
+                path_str(cert),
+                "--key-file".into(),
+                path_str(key),
+                "--cert-hostname=localhost".into(),
+            ]
+        };
+        let cli_at = |node: &NodeProc, cert: &Path, rest: &[&str]| {
+            let addr = format!("https://localhost:{}", node.http_port);
+            let cert = path_str(cert);
+            cli(&[
+                &["--address", addr.as_str(), "--cert-file", cert.as_str()][..],
+                rest,
+            ]
+            .concat())
+        };
+        let voters = |out: &std::process::Output| -> Option<(usize, String)> {
+            let body: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let cluster = body.get("cluster")?;
+            let n = cluster
+                .get("nodes")?
+                .as_object()?
+                .values()
+                .filter(|m| m["voter"] == true)
+                .count();
+            let leader = cluster.get("leader")?.as_str()?.to_string();
+            (!leader.is_empty()).then_some((n, leader))
+        };
+
+        let mut n1 = node("node1", root.path(), None, &args(&cert, &key));
+        n1.start();
+        let peer = Some(n1.grpc_addr());
+        let mut n2 = node("node2", root.path(), peer.clone(), &args(&cert, &key));
+        let mut n3 = node("node3", root.path(), peer.clone(), &args(&cert, &key));
+        n2.start();
+        n3.start();
+        let nodes = [n1, n2, n3];
+        let mut leader = String::new();
+        for n in &nodes {
+            leader = wait_until(
+                Duration::from_secs(60),
+                &format!("{} lists 3 voters over https", n.name),
+                || async {
+                    let out = cli_at(n, &cert, &["cluster"]);
+                    voters(&out).and_then(|(count, leader)| (count == 3).then_some(leader))
+                },
+            )
+            .await;
+        }
+
+        // Write through the leader, read from a follower: Raft ran over the pinned TLS.
+        let leader_node = nodes.iter().find(|n| n.name == leader).unwrap();
+        let follower = nodes.iter().find(|n| n.name != leader).unwrap();
+        let out = cli_at(leader_node, &cert, &["set", "pin/a", "pinned"]);
+        assert!(out.status.success(), "set: {}", text(&out.stderr));
+        wait_until(
+            Duration::from_secs(20),
+            "the follower has pin/a",
+            || async {
+                let out = cli_at(follower, &cert, &["get", "pin/a", "--consistency", "stale"]);
+                (out.status.success() && out.stdout == b"pinned").then_some(())
+            },
+        )
+        .await;
+
+        // Another run of the recipe: the same name, another key. The CLI refuses it...
+        let out = cli_at(follower, &other_cert, &["node"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(err.contains("certificate is refused"), "{err}");
+
+        // ... and so does the cluster: a node with it cannot join.
+        let mut rogue = node("rogue", root.path(), peer, &args(&other_cert, &other_key));
+        rogue.start();
+        let log = rogue.log_path.clone();
+        let line = wait_until(
+            Duration::from_secs(30),
+            "the node with the other certificate logs a failed join",
+            || async {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.lines()
+                    .find(|l| l.contains("join through") && l.contains("failed"))
+                    .map(str::to_string)
+            },
+        )
+        .await;
+        assert!(line.contains("TLS handshake failed"), "{line}");
+        println!("{line}");
+        let out = cli_at(leader_node, &cert, &["cluster"]);
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let members = body["cluster"]["nodes"].as_object().unwrap();
+        assert_eq!(members.len(), 3, "membership unchanged: {body}");
+        assert!(!members.contains_key("rogue"));
+    })
+    .await
+}

@@ -82,13 +82,15 @@ impl ChannelPool {
             return Ok(channel.clone());
         }
         let target = crate::config::dial_addr(crate::faults::dial_target(address), None);
-        let endpoint = Endpoint::from_shared(format!("{}://{target}", self.tls.scheme()))?
+        let endpoint = Endpoint::from_shared(format!("http://{target}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let endpoint = self.tls.configure(endpoint)?;
-        let channel = endpoint.connect_lazy();
+        let channel = match self.tls.connector() {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -42,6 +42,13 @@ pub const CF_EXPIRY: &str = "expiry";
 pub const STORAGE_FORMAT: u32 = 2;
 const KEY_STORAGE_FORMAT: &[u8] = b"storage_format";
 
+/// All memtables of the database together, at most.
+const MEMTABLE_BUDGET: usize = 64 << 20;
+/// One memtable of one column family, at most.
+const MEMTABLE_PER_FAMILY: usize = 16 << 20;
+/// The block cache every column family shares.
+const BLOCK_CACHE: usize = 32 << 20;
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("cannot open the data directory {path}: {source}")]
@@ -97,9 +104,22 @@ impl Db {
         // never acknowledged.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_keep_log_file_num(4);
+        // A memory budget instead of RocksDB's per-family defaults (a 64 MiB
+        // memtable, up to two, and an 8 MiB block cache for each of six
+        // families): all memtables together stay under 64 MiB, flushed
+        // early when they reach it, and every family shares one block cache.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
         let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| {
+                let mut cf = Options::default();
+                cf.set_write_buffer_size(MEMTABLE_PER_FAMILY);
+                cf.set_block_based_table_factory(&table);
+                ColumnFamilyDescriptor::new(name, cf)
+            });
         let inner =
             DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|source| StoreError::Open {
                 path: db_dir.clone(),

@@ -29,26 +29,30 @@ pub async fn run(node: Arc<Cete>, interval: Duration, mut shutdown: watch::Recei
         if node.raft.metrics().borrow().current_leader != Some(node.id) {
             continue;
         }
-        while let Some(expired) = sweep_round(&node).await {
-            if expired < ROUND || *shutdown.borrow() {
-                break;
+        // Each round starts after the keys of the one before.
+        let mut after = None;
+        while let Some(last) = sweep_round(&node, after.take()).await {
+            match last {
+                Some(last) if !*shutdown.borrow() => after = Some(last),
+                _ => break,
             }
         }
     }
 }
 
-/// Proposes the deletes of up to [`ROUND`] due keys and waits for them;
-/// `None` if it could not (no longer leader, storage failing): the next
-/// tick tries again.
-async fn sweep_round(node: &Cete) -> Option<usize> {
-    let due = match node.reader().due(now_ms(), ROUND).await {
+/// Proposes the deletes of up to [`ROUND`] due keys after `after` and
+/// waits for them. `Some(Some(last))`: a full round, more may be due after
+/// `last`; `Some(None)`: nothing more is due; `None`: it could not (no
+/// longer leader, storage failing), and the next tick starts over.
+async fn sweep_round(node: &Cete, after: Option<(Vec<u8>, u64)>) -> Option<Option<(Vec<u8>, u64)>> {
+    let due = match node.reader().due(after, now_ms(), ROUND).await {
         Ok(due) => due,
         Err(e) => {
             log::warn!("cannot read the expiry index: {e}");
             return None;
         }
     };
-    let count = due.len();
+    let last = (due.len() == ROUND).then(|| due[ROUND - 1].clone());
     let deletes = due
         .into_iter()
         .map(|(key, deadline_ms)| node.write(Command::Expire { key, deadline_ms }));
@@ -58,5 +62,5 @@ async fn sweep_round(node: &Cete) -> Option<usize> {
             return None;
         }
     }
-    Some(count)
+    Some(last)
 }

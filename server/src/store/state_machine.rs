@@ -173,19 +173,38 @@ impl KvReader {
     }
 
     /// Keys whose deadline is at or before `now_ms`, earliest first, at most
-    /// `limit`, with their deadlines.
-    pub async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+    /// `limit`, with their deadlines; after `after` (a deadline and key
+    /// returned before) if given. Starting after the last round's keys
+    /// skips the tombstones their deletes left at the front of the index,
+    /// which a scan from the start would wade through again every round.
+    pub async fn due(
+        &self,
+        after: Option<(Vec<u8>, u64)>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let db = self.db.clone();
         blocking(move || {
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(now_ms.saturating_add(1).to_be_bytes());
+            let start = after
+                .as_ref()
+                .map(|(key, deadline)| expiry_key(*deadline, key))
+                .unwrap_or_default();
+            let iter = db.rocks().iterator_cf_opt(
+                db.cf(CF_EXPIRY),
+                opts,
+                IteratorMode::From(&start, Direction::Forward),
+            );
             let mut due = Vec::new();
-            for item in db
-                .rocks()
-                .iterator_cf_opt(db.cf(CF_EXPIRY), opts, IteratorMode::Start)
-                .take(limit)
-            {
+            for item in iter {
                 let (raw, _) = item?;
+                if after.is_some() && raw.as_ref() == start.as_slice() {
+                    continue;
+                }
+                if due.len() == limit {
+                    break;
+                }
                 let (deadline, key) = raw.split_at_checked(8).ok_or(StoreError::Corrupt {
                     what: "expiry index",
                     detail: format!("a key of {} bytes", raw.len()),
@@ -1466,10 +1485,19 @@ mod tests {
         assert_eq!(keys, vec![b"later".to_vec(), b"renewed".to_vec()]);
         // Only "gone" is due; "renewed" left no index entry behind.
         let due = reader
-            .due(crate::store::state_machine::now_ms(), 10)
+            .due(None, crate::store::state_machine::now_ms(), 10)
             .await
             .unwrap();
         assert_eq!(due, vec![(b"gone".to_vec(), PAST + 1)]);
+        let after = reader
+            .due(Some((b"gone".to_vec(), PAST + 1)), u64::MAX - 1, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            after,
+            vec![(b"later".to_vec(), PAST + FUTURE)],
+            "after the cursor"
+        );
 
         let mut watch = reader.watch(Vec::new(), None).await.unwrap();
         let applied = sm
@@ -1500,7 +1528,7 @@ mod tests {
         assert_eq!(change[0].kind, crate::store::events::EventKind::Expire);
         assert_eq!(change[0].key, b"gone");
         assert!(
-            reader.due(u64::MAX - 1, 10).await.unwrap().len() == 1,
+            reader.due(None, u64::MAX - 1, 10).await.unwrap().len() == 1,
             "only later's entry"
         );
         assert!(reader.get(b"later".to_vec()).await.unwrap().is_some());
@@ -1714,7 +1742,7 @@ mod tests {
         file.write_all(&bytes).await.unwrap();
         target.install_snapshot(&snapshot.meta, file).await.unwrap();
         assert_eq!(
-            target.reader().due(u64::MAX - 1, 10).await.unwrap(),
+            target.reader().due(None, u64::MAX - 1, 10).await.unwrap(),
             vec![(b"due".to_vec(), PAST + 1)]
         );
     }

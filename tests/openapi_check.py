@@ -17,6 +17,7 @@ ERROR_REF = "#/components/schemas/Error"
 EXPECTED = {
     "/v1/data": {"get"},
     "/v1/data/{key}": {"get", "head", "put", "delete"},
+    "/v1/txn": {"post"},
     "/v1/watch": {"get"},
     "/v1/node": {"get"},
     "/v1/cluster": {"get"},

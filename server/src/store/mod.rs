@@ -6,7 +6,9 @@
 //! - `raft`: vote, committed log id, last purged log id;
 //! - `data`: the key-value state machine (see `value` for the encoding);
 //! - `meta`: state-machine metadata (last applied log id, membership, current snapshot);
-//! - `events`: the recent change history for watches, keyed by big-endian revision.
+//! - `events`: the recent change history for watches, keyed by big-endian revision;
+//! - `expiry`: an index of the keys that expire, keyed by big-endian deadline and key, so
+//!   the leader finds the due ones in order (derived from `data`: snapshots do not carry it).
 
 pub mod events;
 pub mod log;
@@ -31,6 +33,7 @@ pub const CF_RAFT: &str = "raft";
 pub const CF_DATA: &str = "data";
 pub const CF_META: &str = "meta";
 pub const CF_EVENTS: &str = "events";
+pub const CF_EXPIRY: &str = "expiry";
 
 /// The layout of a data directory this build reads and writes, recorded in
 /// the `meta` column family. Format 1 (no record) used bincode and log
@@ -94,7 +97,7 @@ impl Db {
         // never acknowledged.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS]
+        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let inner =
@@ -112,7 +115,7 @@ impl Db {
     }
 
     fn is_empty(&self) -> Result<bool, StoreError> {
-        for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS] {
+        for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY] {
             if let Some(item) = self
                 .inner
                 .iterator_cf(self.cf(name), IteratorMode::Start)
@@ -195,7 +198,7 @@ impl Db {
 
     /// Approximate on-disk size of the whole database, for metrics and status.
     pub fn approximate_size(&self) -> u64 {
-        [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS]
+        [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY]
             .into_iter()
             .filter_map(|name| {
                 self.inner

@@ -73,4 +73,131 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What a peer sends besides the code: the variant's own text, which
+    /// [`Error::from_code`] puts back, so Display adds the wording once.
+    pub fn payload(&self) -> String {
+        match self {
+            Error::OutcomeUnknown(m)
+            | Error::Timeout(m)
+            | Error::NodeNotFound(m)
+            | Error::QuorumLoss(m)
+            | Error::Conflict(m)
+            | Error::InvalidArgument(m)
+            | Error::PeerUnavailable(m)
+            | Error::Storage(m)
+            | Error::StorageFull(m)
+            | Error::Internal(m) => m.clone(),
+            Error::Compacted { requested, oldest } => format!("{requested} {oldest}"),
+            Error::NotLeader(_)
+            | Error::NoLeader
+            | Error::MembershipChangeInProgress
+            | Error::ShuttingDown
+            | Error::WatcherTooSlow => self.to_string(),
+        }
+    }
+
+    /// Rebuilds an error a peer reported by its code and payload, so that it
+    /// answers the same REST status here as there (`leader` for `NotLeader`).
+    /// An unknown code (a newer peer) is `Internal`.
+    pub fn from_code(code: &str, payload: String, leader: LeaderHint) -> Error {
+        match code {
+            "NotLeader" => Error::NotLeader(leader),
+            "NoLeader" => Error::NoLeader,
+            "OutcomeUnknown" => Error::OutcomeUnknown(payload),
+            "Timeout" => Error::Timeout(payload),
+            "NodeNotFound" => Error::NodeNotFound(payload),
+            "MembershipChangeInProgress" => Error::MembershipChangeInProgress,
+            "QuorumLoss" => Error::QuorumLoss(payload),
+            "Conflict" => Error::Conflict(payload),
+            "InvalidArgument" => Error::InvalidArgument(payload),
+            "PeerUnavailable" => Error::PeerUnavailable(payload),
+            "StorageUnavailable" => Error::Storage(payload),
+            "StorageFull" => Error::StorageFull(payload),
+            "ShuttingDown" => Error::ShuttingDown,
+            "Compacted" => match payload.split_once(' ').map(|(r, o)| (r.parse(), o.parse())) {
+                Some((Ok(requested), Ok(oldest))) => Error::Compacted { requested, oldest },
+                _ => Error::Internal(format!("a peer reported Compacted as {payload:?}")),
+            },
+            "WatcherTooSlow" => Error::WatcherTooSlow,
+            _ => Error::Internal(payload),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_variant() -> Vec<Error> {
+        let leader = LeaderHint {
+            id: "node2".into(),
+            http_address: String::new(),
+            grpc_address: "10.0.0.2:5001".into(),
+        };
+        let all = vec![
+            Error::NotLeader(leader),
+            Error::NoLeader,
+            Error::OutcomeUnknown("o".into()),
+            Error::Timeout("t".into()),
+            Error::NodeNotFound("n".into()),
+            Error::MembershipChangeInProgress,
+            Error::QuorumLoss("q".into()),
+            Error::Conflict("c".into()),
+            Error::InvalidArgument("i".into()),
+            Error::PeerUnavailable("p".into()),
+            Error::Storage("disk failed".into()),
+            Error::StorageFull("full".into()),
+            Error::ShuttingDown,
+            Error::Internal("x".into()),
+            Error::Compacted {
+                requested: 3,
+                oldest: 9,
+            },
+            Error::WatcherTooSlow,
+        ];
+        // Fails to compile when a variant is added and not listed above.
+        for e in &all {
+            match e {
+                Error::NotLeader(_)
+                | Error::NoLeader
+                | Error::OutcomeUnknown(_)
+                | Error::Timeout(_)
+                | Error::NodeNotFound(_)
+                | Error::MembershipChangeInProgress
+                | Error::QuorumLoss(_)
+                | Error::Conflict(_)
+                | Error::InvalidArgument(_)
+                | Error::PeerUnavailable(_)
+                | Error::Storage(_)
+                | Error::StorageFull(_)
+                | Error::ShuttingDown
+                | Error::Internal(_)
+                | Error::Compacted { .. }
+                | Error::WatcherTooSlow => {}
+            }
+        }
+        all
+    }
+
+    /// A leader's storage failure reached a follower's client as a 500
+    /// `Internal` when the peer table lacked its code (it answers 503 there).
+    #[test]
+    fn every_error_survives_the_trip_between_peers() {
+        for err in every_variant() {
+            let hint = match &err {
+                Error::NotLeader(hint) => hint.clone(),
+                _ => LeaderHint {
+                    id: String::new(),
+                    http_address: String::new(),
+                    grpc_address: String::new(),
+                },
+            };
+            let back = Error::from_code(err.code(), err.payload(), hint);
+            assert_eq!(back.code(), err.code(), "{err:?}");
+            assert_eq!(back.to_string(), err.to_string(), "{err:?}");
+        }
+    }
+}

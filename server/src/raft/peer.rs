@@ -52,7 +52,7 @@ fn error_to_reply(err: &Error) -> ChangeReply {
     };
     ChangeReply {
         error_code: err.code().to_string(),
-        error_message: error_payload(err),
+        error_message: err.payload(),
         leader_id,
         leader_grpc_address,
     }
@@ -71,37 +71,17 @@ fn change_result(reply: ChangeReply) -> Result<()> {
     ))
 }
 
-/// The message to send for `err`: the payload only, as `reply_to_error`
-/// puts it back into the same variant, whose Display adds the wording once.
-fn error_payload(err: &Error) -> String {
-    match err {
-        Error::OutcomeUnknown(m)
-        | Error::Timeout(m)
-        | Error::NodeNotFound(m)
-        | Error::QuorumLoss(m)
-        | Error::Conflict(m) => m.clone(),
-        _ => err.to_string(),
-    }
-}
-
 /// Rebuilds the node error a peer reported, so it maps to the same REST code.
 fn reply_to_error(code: &str, message: String, leader_id: String, leader_grpc: String) -> Error {
-    match code {
-        "NotLeader" => Error::NotLeader(LeaderHint {
+    Error::from_code(
+        code,
+        message,
+        LeaderHint {
             id: leader_id,
             http_address: String::new(),
             grpc_address: leader_grpc,
-        }),
-        "NoLeader" => Error::NoLeader,
-        "NodeNotFound" => Error::NodeNotFound(message),
-        "MembershipChangeInProgress" => Error::MembershipChangeInProgress,
-        "QuorumLoss" => Error::QuorumLoss(message),
-        "Conflict" => Error::Conflict(message),
-        "Timeout" => Error::Timeout(message),
-        "ShuttingDown" => Error::ShuttingDown,
-        "OutcomeUnknown" => Error::OutcomeUnknown(message),
-        _ => Error::Internal(message),
-    }
+        },
+    )
 }
 
 /// Calls peers' control service.
@@ -366,7 +346,7 @@ impl Peer for PeerService {
                 Err(e) => ReadIndexReply {
                     read_index: 0,
                     error_code: e.code().to_string(),
-                    error_message: error_payload(&e),
+                    error_message: e.payload(),
                 },
             },
         ))

@@ -386,34 +386,12 @@ pub async fn run(
 /// Raises the soft limit on open files to the hard limit: every client
 /// connection is a file descriptor, and the usual soft limit (1024) is far
 /// below what a busy node needs.
-#[allow(unsafe_code)]
 pub fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        log::warn!(
-            "cannot read the open-file limit: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
-    if limit.rlim_cur >= limit.rlim_max {
-        log::info!("open-file limit: {}", limit.rlim_cur);
-        return;
-    }
-    let old = limit.rlim_cur;
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
-        log::info!("open-file limit raised from {old} to {}", limit.rlim_cur);
-    } else {
-        log::warn!(
-            "cannot raise the open-file limit from {old}: {}",
-            std::io::Error::last_os_error()
-        );
+    let soft = rlimit::Resource::NOFILE.get_soft().unwrap_or(0);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(raised) if raised > soft => log::info!("open-file limit raised from {soft} to {raised}"),
+        Ok(limit) => log::info!("open-file limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open-file limit from {soft}: {e}"),
     }
 }
 

@@ -81,6 +81,18 @@ async fn get(
     (resp.status().as_u16(), at, remaining)
 }
 
+/// `GET /v1/data?<query>` on `node`.
+async fn list(client: &reqwest::Client, node: &NodeProc, query: &str) -> Value {
+    client
+        .get(node.url(&format!("/v1/data?{query}")))
+        .send()
+        .await
+        .expect("GET /v1/data")
+        .json()
+        .await
+        .expect("a JSON listing")
+}
+
 /// Sleeps until this machine's clock (which the nodes share) is past `deadline_ms`.
 async fn until_past(deadline_ms: u64) {
     let wait = deadline_ms.saturating_sub(now_ms()) + 50;
@@ -136,14 +148,7 @@ async fn keys_expire_on_every_replica_and_watchers_see_expiries() {
             let (_, at, _) = get(&client, node, "session/kept", false).await;
             assert_eq!(at, None, "{}: cleared expiry", node.name);
         }
-        let listing: Value = client
-            .get(leader.url("/v1/data?prefix=session/"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listing = list(&client, leader, "prefix=session/").await;
         assert_eq!(
             parse_deadline(listing["keys"][0]["expires_at"].as_str().unwrap()),
             deadline,
@@ -416,14 +421,7 @@ async fn many_keys_expiring_at_once_are_deleted_in_rounds_while_writes_go_on() {
         // Generous: this machine is shared and the build is a debug one. A
         // sweep that proposed all keys at once would hold writes for seconds.
         assert!(max < 3000.0, "a write waited {max:.0} ms during the expiry");
-        let listing: Value = client
-            .get(leader.url("/v1/data?prefix=many/&limit=1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listing = list(&client, leader, "prefix=many/&limit=1").await;
         assert_eq!(listing["keys"], json!([]));
         wait_until(SETTLE, "the followers applied every expiry", || {
             let client = client.clone();

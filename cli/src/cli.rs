@@ -78,7 +78,8 @@ pub enum Command {
     Set(SetArgs),
     /// Delete a key.
     Delete(DeleteArgs),
-    /// List keys (with revision, size and content type), one JSON object per line.
+    /// List keys (with revision, size, content type and, for expiring keys,
+    /// expires_at), one JSON object per line.
     List(ListArgs),
     /// Follow changes to keys, one JSON object per line, until interrupted
     /// (GET /v1/watch). Resumes by itself after a dropped connection.
@@ -191,6 +192,11 @@ pub struct SetArgs {
     /// Only create the key; fail if it exists (If-None-Match: *).
     #[arg(long)]
     pub if_absent: bool,
+    /// Expire the key after this long: 1500ms, 30s, 2m, 1h30m, 1d, ... (from
+    /// 1ms to 365 days); the answer then gives `expires_at`. A set without
+    /// --ttl removes any expiry the key had.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -18,6 +18,8 @@ use crate::logging::{parse_level, LogSettings};
 
 /// Default size limit for one value, in bytes.
 pub const DEFAULT_MAX_VALUE_SIZE: u64 = 4 * 1024 * 1024;
+/// How often the leader looks for expired keys, by default.
+pub const DEFAULT_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Fully resolved settings of one `cete-server` node.
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct Config {
     pub max_value_size: u64,
     /// Revisions of change history kept for resuming watches (at least 1).
     pub watch_history: u64,
+    /// How often the leader looks for expired keys.
+    pub expiry_interval: std::time::Duration,
     /// The config file that was read, if any (worth logging at start-up).
     pub config_file: Option<PathBuf>,
     /// Backup file to start a new one-node cluster from (empty data directory only).
@@ -150,6 +154,10 @@ pub struct ServerArgs {
     /// [env: CETE_WATCH_HISTORY]
     #[arg(long, value_name = "N")]
     pub watch_history: Option<String>,
+    /// How often the leader looks for keys past their deadline, such as 100ms or 1s
+    /// [default: 100ms] [env: CETE_EXPIRY_INTERVAL]
+    #[arg(long, value_name = "DURATION")]
+    pub expiry_interval: Option<String>,
     /// Start a new one-node cluster from this backup (`cete snapshot save`); the data
     /// directory must be empty; not with --peer-grpc-address [env: CETE_RESTORE]
     #[arg(long, value_name = "FILE")]
@@ -250,7 +258,7 @@ impl fmt::Display for Source {
 
 /// Every setting, by its config file key. The flag is `--` plus the key in kebab case and the
 /// env var is `CETE_` plus the key in upper case (as in the original Cete).
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 22] = [
     "id",
     "raft_address",
     "grpc_address",
@@ -267,6 +275,7 @@ const KEYS: [&str; 21] = [
     "snapshot_threshold",
     "max_value_size",
     "watch_history",
+    "expiry_interval",
     "restore",
     "certificate_file",
     "key_file",
@@ -370,6 +379,7 @@ fn flag_layer(args: &ServerArgs) -> Layer {
         ("snapshot_threshold", &args.snapshot_threshold),
         ("max_value_size", &args.max_value_size),
         ("watch_history", &args.watch_history),
+        ("expiry_interval", &args.expiry_interval),
         ("restore", &args.restore),
         ("certificate_file", &args.certificate_file),
         ("key_file", &args.key_file),
@@ -560,6 +570,8 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
             parse_at_least(v, 1, "a whole number of revisions")
         })?
         .unwrap_or(crate::store::events::DEFAULT_WATCH_HISTORY),
+        expiry_interval: setting(raw, "expiry_interval", parse_interval)?
+            .unwrap_or(DEFAULT_EXPIRY_INTERVAL),
         tls: resolve_tls(raw)?,
         id,
         data_directory,
@@ -710,6 +722,19 @@ fn parse_at_least(v: &str, min: u64, expected: &str) -> Result<u64, String> {
     match v.trim().parse::<u64>() {
         Ok(n) if n >= min => Ok(n),
         _ => Err(format!("expected {expected}, at least {min}")),
+    }
+}
+
+fn parse_interval(v: &str) -> Result<std::time::Duration, String> {
+    let expected = || "a duration from 1ms to 1h, such as 100ms or 2s".to_string();
+    match humantime::parse_duration(v.trim()) {
+        Ok(d)
+            if d >= std::time::Duration::from_millis(1)
+                && d <= std::time::Duration::from_secs(3600) =>
+        {
+            Ok(d)
+        }
+        _ => Err(expected()),
     }
 }
 
@@ -907,6 +932,28 @@ mod tests {
         assert_eq!(w.load(&["--watch-history=70"]).unwrap().watch_history, 70);
         let err = w.load(&["--watch-history=0"]).unwrap_err().to_string();
         assert!(err.contains("--watch-history") && err.contains("CETE_WATCH_HISTORY"));
+    }
+
+    #[test]
+    fn expiry_interval_from_flag_and_file() {
+        let w = World::new().file("home/cete.yaml", "expiry_interval: 2s\n");
+        assert_eq!(
+            w.load(&[]).unwrap().expiry_interval,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            w.load(&["--expiry-interval=250ms"])
+                .unwrap()
+                .expiry_interval,
+            std::time::Duration::from_millis(250)
+        );
+        for bad in ["0s", "2h", "often"] {
+            let err = w
+                .load(&[format!("--expiry-interval={bad}").as_str()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--expiry-interval"), "{err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod errors;
+pub mod expiry;
 pub mod faults;
 pub mod http_server;
 pub mod logging;
@@ -225,6 +226,11 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     tokio::spawn(stop_when_removed(node.clone()));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(expiry::run(
+        node.clone(),
+        config.expiry_interval,
+        shutdown_rx.clone(),
+    ));
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };

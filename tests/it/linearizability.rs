@@ -27,6 +27,9 @@ pub enum Call {
     Delete,
     /// Put `new` if the current value is `expect`.
     Cas { expect: u64, new: u64 },
+    /// Delete the key if it is present, else put the value: one key's view
+    /// of a transaction whose compare tests that key's presence.
+    Toggle(u64),
 }
 
 /// What the client saw, for operations with a known outcome.
@@ -40,6 +43,8 @@ pub enum Ret {
     Deleted(bool),
     /// A compare-and-set: `true` applied, `false` precondition failed (412).
     Swapped(bool),
+    /// A toggle: `true` the key was present (deleted), `false` absent (put).
+    Toggled(bool),
 }
 
 /// One operation on one key.
@@ -64,6 +69,7 @@ impl fmt::Display for Operation {
             Call::Write(x) => format!("put {x}"),
             Call::Delete => "delete".to_string(),
             Call::Cas { expect, new } => format!("cas {expect}->{new}"),
+            Call::Toggle(x) => format!("toggle {x}"),
         };
         let ret = match self.ret {
             None => "unknown".to_string(),
@@ -73,6 +79,8 @@ impl fmt::Display for Operation {
             Some(Ret::Deleted(false)) => "not found".to_string(),
             Some(Ret::Swapped(true)) => "ok".to_string(),
             Some(Ret::Swapped(false)) => "precondition failed".to_string(),
+            Some(Ret::Toggled(true)) => "deleted (was present)".to_string(),
+            Some(Ret::Toggled(false)) => "put (was absent)".to_string(),
         };
         let done = if self.ret.is_some() {
             self.complete.to_string()
@@ -106,8 +114,19 @@ fn step(state: Option<u64>, op: &Operation) -> Option<Option<u64>> {
         } else {
             state
         }),
+        (Call::Toggle(v), Some(Ret::Toggled(was_present))) => {
+            (state.is_some() == was_present).then_some(toggled(state, v))
+        }
+        (Call::Toggle(v), None) => Some(toggled(state, v)),
         // A return that does not fit the call: never linearizable.
         _ => None,
+    }
+}
+
+fn toggled(state: Option<u64>, v: u64) -> Option<u64> {
+    match state {
+        Some(_) => None,
+        None => Some(v),
     }
 }
 
@@ -183,11 +202,13 @@ enum Class {
     /// An unknown compare-and-set to an unobserved value, by its group
     /// (one group per expected value).
     OpaqueCas(usize),
+    /// An unknown toggle whose value nobody observed.
+    OpaqueToggle,
 }
 
 /// The memo key: which tracked operations are placed, the register, and how
 /// many interchangeable unknowns are used.
-type MemoKey = (Vec<u64>, Option<u64>, u32, u32, Vec<u32>);
+type MemoKey = (Vec<u64>, Option<u64>, u32, u32, Vec<u32>, u32);
 
 struct Search {
     bits: Vec<u64>,
@@ -195,6 +216,7 @@ struct Search {
     opaque_puts: u32,
     opaque_deletes: u32,
     opaque_cas: Vec<u32>,
+    opaque_toggles: u32,
     known_left: usize,
 }
 
@@ -205,6 +227,7 @@ impl Search {
             Class::OpaquePut => self.opaque_puts += 1,
             Class::OpaqueDelete => self.opaque_deletes += 1,
             Class::OpaqueCas(g) => self.opaque_cas[g] += 1,
+            Class::OpaqueToggle => self.opaque_toggles += 1,
         }
         self.state = next_state;
         if known {
@@ -218,6 +241,7 @@ impl Search {
             Class::OpaquePut => self.opaque_puts -= 1,
             Class::OpaqueDelete => self.opaque_deletes -= 1,
             Class::OpaqueCas(g) => self.opaque_cas[g] -= 1,
+            Class::OpaqueToggle => self.opaque_toggles -= 1,
         }
         self.state = prev_state;
         if known {
@@ -232,12 +256,14 @@ impl Search {
             self.opaque_puts,
             self.opaque_deletes,
             self.opaque_cas.clone(),
+            self.opaque_toggles,
         );
         match class {
             Class::Own(bit) => key.0[bit / 64] |= 1 << (bit % 64),
             Class::OpaquePut => key.2 += 1,
             Class::OpaqueDelete => key.3 += 1,
             Class::OpaqueCas(g) => key.4[g] += 1,
+            Class::OpaqueToggle => key.5 += 1,
         }
         key
     }
@@ -251,7 +277,7 @@ impl Search {
 /// other value", so all such puts are interchangeable and the memo counts
 /// them instead of naming them; unknown deletes are interchangeable likewise,
 /// and so are unknown compare-and-sets to unobserved values from the same
-/// expected value.
+/// expected value, and unknown toggles to unobserved values.
 pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
     let started = Instant::now();
     let mut observed = HashSet::new();
@@ -281,6 +307,10 @@ pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
                 };
                 let next = cas_groups.len();
                 Class::OpaqueCas(*cas_groups.entry(expect).or_insert(next))
+            }
+            (Call::Toggle(v), None) if !observed.contains(&v) => {
+                op.call = Call::Toggle(OPAQUE);
+                Class::OpaqueToggle
             }
             _ => {
                 own += 1;
@@ -337,6 +367,7 @@ pub fn check(ops: &[Operation], budget: Duration) -> Verdict {
         opaque_puts: 0,
         opaque_deletes: 0,
         opaque_cas: vec![0; cas_groups.len()],
+        opaque_toggles: 0,
         known_left: ops.iter().filter(|o| o.ret.is_some()).count(),
     };
     let mut cache: HashSet<MemoKey> = HashSet::new();
@@ -451,6 +482,7 @@ pub fn check_stale_reads(writes: &[Operation], reads: &[(Operation, Option<u64>)
         let source = writes.iter().find(|w| match w.call {
             Call::Write(v) => v == *value,
             Call::Cas { new, .. } => new == *value && w.ret != Some(Ret::Swapped(false)),
+            Call::Toggle(v) => v == *value && w.ret != Some(Ret::Toggled(true)),
             _ => false,
         });
         match source {
@@ -676,6 +708,76 @@ mod tests {
         assert_lin(ops.clone());
         ops.push(read(0, Some(1), 200, 201));
         assert_not_lin(ops);
+    }
+
+    fn toggle(c: usize, v: u64, was_present: Option<bool>, a: u64, b: u64) -> Operation {
+        op(c, Call::Toggle(v), was_present.map(Ret::Toggled), a, b)
+    }
+
+    #[test]
+    fn toggles_put_when_absent_and_delete_when_present() {
+        assert_lin(vec![
+            toggle(0, 5, Some(false), 0, 1),
+            read(1, Some(5), 2, 3),
+            toggle(0, 6, Some(true), 4, 5),
+            read(1, None, 6, 7),
+            toggle(1, 7, Some(false), 8, 9),
+            read(0, Some(7), 10, 11),
+        ]);
+        // "Was present" while the key surely was absent, and the reverse.
+        assert_not_lin(vec![toggle(0, 5, Some(true), 0, 1)]);
+        assert_not_lin(vec![put(0, 1, 0, 1), toggle(1, 5, Some(false), 2, 3)]);
+        // A toggle that deleted cannot have left its own value behind.
+        assert_not_lin(vec![
+            put(0, 1, 0, 1),
+            toggle(1, 5, Some(true), 2, 3),
+            read(0, Some(5), 4, 5),
+        ]);
+        // Two overlapping toggles from present: one deletes, the other puts.
+        assert_lin(vec![
+            put(0, 1, 0, 1),
+            toggle(1, 5, Some(true), 2, 10),
+            toggle(2, 6, Some(false), 3, 11),
+            read(0, Some(6), 12, 13),
+        ]);
+        // Both cannot have found it present.
+        assert_not_lin(vec![
+            put(0, 1, 0, 1),
+            toggle(1, 5, Some(true), 2, 10),
+            toggle(2, 6, Some(true), 3, 11),
+        ]);
+    }
+
+    #[test]
+    fn unknown_toggles_apply_once_or_never() {
+        // Never, or late.
+        assert_lin(vec![
+            put(0, 1, 0, 1),
+            toggle(1, 5, None, 2, u64::MAX),
+            read(0, Some(1), 10, 11),
+            read(0, None, 20, 21),
+        ]);
+        // Its value appears only from absent.
+        assert_not_lin(vec![
+            put(0, 1, 0, 1),
+            toggle(1, 5, None, 2, u64::MAX),
+            read(0, Some(5), 10, 11),
+        ]);
+        // Many unobserved unknown toggles stay cheap, and they still cannot
+        // bring back a value once it was deleted.
+        let mut ops = vec![put(0, 1, 0, 1)];
+        for v in 0..60 {
+            ops.push(toggle(1 + v as usize, 100 + v, None, 2 + v, u64::MAX));
+        }
+        ops.push(read(0, None, 100, 101));
+        ops.push(read(0, Some(1), 102, 103)); // deleted: it cannot come back
+        let why = assert_not_lin(ops.clone());
+        assert!(why.contains("fits nowhere"), "{why}");
+        ops.pop();
+        ops.push(put(0, 2, 104, 105));
+        ops.push(read(0, Some(2), 106, 107));
+        ops.push(read(0, None, 108, 109));
+        assert_lin(ops);
     }
 
     #[test]

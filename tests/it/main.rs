@@ -6,6 +6,7 @@ mod bad_input;
 mod batching;
 mod cluster;
 mod disk;
+mod expiry;
 mod faultproxy;
 mod harness;
 mod linearizability;
@@ -15,6 +16,7 @@ mod rejoin;
 mod robustness;
 mod single_node;
 mod tls;
+mod txn;
 mod watch;
 
 /// reqwest panics when it builds a client before a rustls provider is installed (see

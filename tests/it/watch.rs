@@ -21,10 +21,10 @@ const EVENT_WAIT: Duration = Duration::from_secs(20);
 
 /// One Server-Sent Event as the tests see it.
 #[derive(Debug, Clone)]
-struct Sse {
-    event: String,
-    id: Option<u64>,
-    data: Value,
+pub(crate) struct Sse {
+    pub(crate) event: String,
+    pub(crate) id: Option<u64>,
+    pub(crate) data: Value,
 }
 
 /// Splits SSE text into events; keeps an incomplete tail for the next call.
@@ -51,7 +51,7 @@ fn parse_sse(buffer: &mut String) -> Vec<Sse> {
 }
 
 /// An open watch stream read through reqwest.
-struct Watch {
+pub(crate) struct Watch {
     body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
     buffer: String,
     ready: std::collections::VecDeque<Sse>,
@@ -68,7 +68,7 @@ fn stream_client() -> reqwest::Client {
 
 impl Watch {
     /// Opens `/v1/watch?<query>` on `node`; panics unless it answers 200.
-    async fn open(node: &NodeProc, query: &str, last_event_id: Option<u64>) -> Watch {
+    pub(crate) async fn open(node: &NodeProc, query: &str, last_event_id: Option<u64>) -> Watch {
         let url = node.url(&format!("/v1/watch?{query}"));
         let mut req = stream_client().get(&url);
         if let Some(id) = last_event_id {
@@ -92,7 +92,7 @@ impl Watch {
     }
 
     /// The next event; `None` when the stream ends or breaks.
-    async fn next(&mut self) -> Option<Sse> {
+    pub(crate) async fn next(&mut self) -> Option<Sse> {
         loop {
             if let Some(event) = self.ready.pop_front() {
                 return Some(event);
@@ -100,6 +100,22 @@ impl Watch {
             let chunk = tokio::time::timeout(EVENT_WAIT, self.body.next())
                 .await
                 .expect("no event within the wait")?
+                .ok()?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+            self.ready.extend(parse_sse(&mut self.buffer));
+        }
+    }
+
+    /// The next event if one comes within `wait`.
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Sse> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(wait, self.body.next())
+                .await
+                .ok()??
                 .ok()?;
             self.buffer
                 .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));

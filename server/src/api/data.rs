@@ -12,10 +12,12 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::error::{node_error, ApiError};
+use super::ttl;
 use super::{limited_body, parse_consistency, raw_query, request_target, with_node, RequestTarget};
 use crate::errors::Error;
 use crate::node::Cete;
 use crate::raft::{Command, CommandResult, Precondition};
+use crate::store::state_machine::now_ms;
 
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -163,7 +165,7 @@ pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
     Ok(key)
 }
 
-fn check_key(key: &[u8]) -> Result<(), ApiError> {
+pub(super) fn check_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::bad_request("InvalidKey", "the key is empty"));
     }
@@ -235,7 +237,7 @@ fn contradictory_precondition() -> Response {
     .into_response()
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
@@ -288,6 +290,18 @@ async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: String) -> Response
             );
             headers.insert("x-cete-revision", stored.meta.mod_revision.into());
             headers.insert("x-cete-create-revision", stored.meta.create_revision.into());
+            if let Some(deadline) = stored.meta.expires_at_ms {
+                let at = ttl::format_deadline(deadline);
+                headers.insert(
+                    "x-cete-expires-at",
+                    HeaderValue::from_str(&at).expect("RFC 3339 is a valid header"),
+                );
+                // By this node's clock; the key is not returned once it is 0.
+                headers.insert(
+                    "x-cete-expires-in",
+                    deadline.saturating_sub(now_ms()).into(),
+                );
+            }
             if head {
                 headers.insert("x-cete-size", stored.meta.size.into());
             }
@@ -313,21 +327,30 @@ async fn put(
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = parse_query(&query, &[]) {
-        return e.into_response();
-    }
+    let ttl_ms = match parse_query(&query, &["ttl"]).and_then(|q| {
+        text_param(&q, "ttl")?
+            .map(|raw| ttl::parse(&raw))
+            .transpose()
+    }) {
+        Ok(ttl_ms) => ttl_ms,
+        Err(e) => return e.into_response(),
+    };
     let precondition = match precondition(if_match.as_deref(), if_none_match.as_deref()) {
         Ok(Condition::Apply(p)) => p,
         Ok(Condition::Never) => return contradictory_precondition(),
         Err(e) => return e.into_response(),
     };
-    let command = Command::Put {
+    // The deadline is fixed at apply time from this clock (see `Command::PutAt`).
+    let at_ms = now_ms();
+    let command = Command::PutAt {
         key,
         value: body.to_vec(),
         content_type: content_type
             .filter(|c| !c.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
         precondition,
+        at_ms,
+        ttl_ms,
     };
     match node.write(command).await {
         Ok(CommandResult::Written { revision, created }) => {
@@ -336,7 +359,14 @@ async fn put(
             } else {
                 StatusCode::OK
             };
-            json_response(status, json!({"revision": revision}))
+            let body = match ttl_ms {
+                Some(ttl_ms) => json!({
+                    "revision": revision,
+                    "expires_at": ttl::format_deadline(at_ms.saturating_add(ttl_ms)),
+                }),
+                None => json!({"revision": revision}),
+            };
+            json_response(status, body)
         }
         Ok(CommandResult::PreconditionFailed { current }) => precondition_failed(current),
         Ok(other) => node_error(
@@ -367,9 +397,10 @@ async fn delete(
         Err(e) => return e.into_response(),
     };
     match node
-        .write(Command::Delete {
+        .write(Command::DeleteAt {
             key: key.clone(),
             precondition,
+            at_ms: now_ms(),
         })
         .await
     {
@@ -427,13 +458,17 @@ async fn list(node: Arc<Cete>, query: String) -> Response {
             let keys: Vec<_> = entries
                 .iter()
                 .map(|e| {
-                    json!({
+                    let mut entry = json!({
                         "key": String::from_utf8_lossy(&e.key),
                         "revision": e.meta.mod_revision,
                         "create_revision": e.meta.create_revision,
                         "size": e.meta.size,
                         "content_type": e.meta.content_type,
-                    })
+                    });
+                    if let Some(deadline) = e.meta.expires_at_ms {
+                        entry["expires_at"] = ttl::format_deadline(deadline).into();
+                    }
+                    entry
                 })
                 .collect();
             json_response(

@@ -7,6 +7,8 @@ mod data;
 pub mod error;
 mod health;
 mod metrics;
+mod ttl;
+mod txn;
 mod ui;
 mod watch;
 
@@ -28,6 +30,7 @@ pub fn routes(
     let api = ui::routes()
         .or(cors::preflight(node.clone()))
         .or(data::routes(node.clone()))
+        .or(txn::routes(node.clone()))
         .or(cluster::routes(node.clone()))
         .or(watch::routes(node.clone()))
         .or(backup::routes(node.clone()))
@@ -79,6 +82,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/data/{key}" => Some("GET, HEAD, PUT, DELETE"),
         "/v1/cluster/{id}" => Some("PUT, DELETE"),
         "/v1/snapshot" => Some("GET, POST"),
+        "/v1/txn" => Some("POST"),
         // The dashboard: `/` and `/ui` redirect, `/ui/...` are its files.
         "/" | "/ui" | "/ui/{file}" => Some("GET"),
         crate::metrics::OTHER_ROUTE => None,

@@ -123,14 +123,8 @@ async fn forward(mut watcher: Watcher, tx: mpsc::Sender<Result<sse::Event, Infal
             next = watcher.next() => next,
             _ = tx.closed() => return,
         };
-        let event = match next {
-            Ok(event) => sse::Event::default()
-                .id(event.revision.to_string())
-                .event(match event.kind {
-                    EventKind::Put => "put",
-                    EventKind::Delete => "delete",
-                })
-                .data(event_json(&event)),
+        let change = match next {
+            Ok(change) => change,
             Err(e) => {
                 let body = error_body(&watch_error(e));
                 let _ = tx
@@ -141,8 +135,24 @@ async fn forward(mut watcher: Watcher, tx: mpsc::Sender<Result<sse::Event, Infal
                 return;
             }
         };
-        if tx.send(Ok(event)).await.is_err() {
-            return;
+        // A revision's events go out together, and only the last carries
+        // the id: a client cut off in the middle of a transaction resumes
+        // (Last-Event-ID) from the revision before, so it gets the whole
+        // transaction again rather than half of it.
+        let last = change.len() - 1;
+        for (i, event) in change.iter().enumerate() {
+            let mut sse_event = sse::Event::default()
+                .event(match event.kind {
+                    EventKind::Put => "put",
+                    EventKind::Delete | EventKind::Expire => "delete",
+                })
+                .data(event_json(event));
+            if i == last {
+                sse_event = sse_event.id(event.revision.to_string());
+            }
+            if tx.send(Ok(sse_event)).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -166,6 +176,9 @@ struct EventBody<'a> {
     value_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value_omitted: Option<bool>,
+    /// Deletes only: the key's deadline passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expired: Option<bool>,
 }
 
 /// The JSON of one event. Keys are shown as in listings; a value is a
@@ -182,6 +195,7 @@ fn event_json(event: &Event) -> String {
         value: None,
         value_base64: None,
         value_omitted: None,
+        expired: (event.kind == EventKind::Expire).then_some(true),
     };
     if event.kind == EventKind::Put {
         body.kind = "put";
@@ -254,6 +268,10 @@ mod tests {
         assert_eq!(
             event_json(&Event::delete(9, b"k")),
             r#"{"type":"delete","key":"k","revision":9}"#
+        );
+        assert_eq!(
+            event_json(&Event::expire(9, b"k")),
+            r#"{"type":"delete","key":"k","revision":9,"expired":true}"#
         );
     }
 }

@@ -55,18 +55,106 @@ pub enum Precondition {
 }
 
 /// One client write. Commands travel in [`Proposal`]s, many to a log entry.
+///
+/// New variants go at the end: log entries are postcard records, which name
+/// a variant by its position, so an entry written by an older build still
+/// reads the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Command {
+    /// A put without an expiry, from a build before expiring keys existed
+    /// (or from a planted-bug test). Applied as a [`Command::PutAt`] at
+    /// clock 0: no key counts as expired for it.
     Put {
         key: Vec<u8>,
         value: Vec<u8>,
         content_type: String,
         precondition: Option<Precondition>,
     },
+    /// A delete from a build before expiring keys existed.
     Delete {
         key: Vec<u8>,
         precondition: Option<Precondition>,
     },
+    /// A put, stamped with the proposing leader's clock.
+    PutAt {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        content_type: String,
+        precondition: Option<Precondition>,
+        /// Unix milliseconds on the leader when it proposed the write: keys
+        /// whose deadline is at or before it count as absent.
+        at_ms: u64,
+        /// The key expires `ttl_ms` after `at_ms`; `None` clears an expiry.
+        ttl_ms: Option<u64>,
+    },
+    /// A delete, stamped with the proposing leader's clock.
+    DeleteAt {
+        key: Vec<u8>,
+        precondition: Option<Precondition>,
+        at_ms: u64,
+    },
+    /// An all-or-nothing transaction; every write of it gets one revision.
+    Txn(Txn),
+    /// The leader found `key` past its deadline: delete it, if it still
+    /// carries that deadline (a later put may have renewed or cleared it).
+    Expire { key: Vec<u8>, deadline_ms: u64 },
+}
+
+/// A condition of a transaction on one key, checked at apply time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Compare {
+    /// The key exists with this modify revision.
+    Revision(u64),
+    Absent,
+    Present,
+    /// The key exists with exactly this value.
+    Value(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TxnOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        content_type: String,
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            TxnOp::Put {
+                key,
+                value,
+                content_type,
+                ..
+            } => key.len() + value.len() + content_type.len() + 24,
+            TxnOp::Delete { key } | TxnOp::Get { key } => key.len() + 8,
+        }
+    }
+}
+
+/// `compare` all hold: `success` runs, else `failure`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Txn {
+    pub compare: Vec<(Vec<u8>, Compare)>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+    /// The proposing leader's clock, as in [`Command::PutAt`].
+    pub at_ms: u64,
 }
 
 impl Command {
@@ -78,8 +166,48 @@ impl Command {
                 value,
                 content_type,
                 ..
-            } => key.len() + value.len() + content_type.len() + 32,
-            Command::Delete { key, .. } => key.len() + 16,
+            }
+            | Command::PutAt {
+                key,
+                value,
+                content_type,
+                ..
+            } => key.len() + value.len() + content_type.len() + 48,
+            Command::Delete { key, .. } | Command::DeleteAt { key, .. } => key.len() + 24,
+            Command::Expire { key, .. } => key.len() + 16,
+            Command::Txn(txn) => {
+                let compares: usize = txn
+                    .compare
+                    .iter()
+                    .map(|(key, c)| {
+                        key.len()
+                            + 16
+                            + match c {
+                                Compare::Value(v) => v.len(),
+                                _ => 0,
+                            }
+                    })
+                    .sum();
+                let ops: usize = txn
+                    .success
+                    .iter()
+                    .chain(&txn.failure)
+                    .map(TxnOp::size)
+                    .sum();
+                compares + ops + 16
+            }
+        }
+    }
+
+    /// The key a single-key command writes (not for transactions).
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Put { key, .. }
+            | Command::Delete { key, .. }
+            | Command::PutAt { key, .. }
+            | Command::DeleteAt { key, .. }
+            | Command::Expire { key, .. } => Some(key),
+            Command::Txn(_) => None,
         }
     }
 }
@@ -108,6 +236,37 @@ pub enum CommandResult {
     PreconditionFailed {
         current: Option<u64>,
     },
+    /// A transaction ran: the branch `succeeded` chose, its writes at
+    /// `revision` (the store's revision if it wrote nothing), one result per
+    /// operation of the branch.
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<TxnOpResult>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TxnOpResult {
+    Put {
+        revision: u64,
+        expires_at_ms: Option<u64>,
+    },
+    /// `revision` is `None` when the key did not exist.
+    Delete {
+        revision: Option<u64>,
+    },
+    Get(Option<GotValue>),
+}
+
+/// A value a transaction read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GotValue {
+    pub value: Vec<u8>,
+    pub content_type: String,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The results of one [`Proposal`], in the order of its commands (empty for

@@ -227,11 +227,18 @@ fn guessed_results(commands: &[Command]) -> Vec<CommandResult> {
     commands
         .iter()
         .map(|c| match c {
-            Command::Put { .. } => CommandResult::Written {
+            Command::Put { .. } | Command::PutAt { .. } => CommandResult::Written {
                 revision: 1,
                 created: true,
             },
-            Command::Delete { .. } => CommandResult::Deleted { revision: 1 },
+            Command::Delete { .. } | Command::DeleteAt { .. } | Command::Expire { .. } => {
+                CommandResult::Deleted { revision: 1 }
+            }
+            Command::Txn(_) => CommandResult::Txn {
+                succeeded: true,
+                revision: 1,
+                results: Vec::new(),
+            },
         })
         .collect()
 }
@@ -261,11 +268,7 @@ mod tests {
     fn keys(batch: &[Pending]) -> Vec<String> {
         batch
             .iter()
-            .map(|p| match &p.command {
-                Command::Put { key, .. } | Command::Delete { key, .. } => {
-                    String::from_utf8(key.clone()).unwrap()
-                }
-            })
+            .map(|p| String::from_utf8(p.command.key().unwrap().to_vec()).unwrap())
             .collect()
     }
 

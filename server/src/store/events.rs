@@ -10,6 +10,10 @@
 //! Live delivery never blocks apply: each watcher has a bounded queue, and a
 //! watcher whose queue is full is ended with [`WatchError::TooSlow`] (it can
 //! resume from its last revision, from the history).
+//!
+//! A revision may hold several events (a transaction's writes): the history
+//! keys them by revision and position, and watchers receive them as one
+//! [`Change`], never half of one.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,7 +35,7 @@ pub const DEFAULT_WATCH_HISTORY: u64 = 100_000;
 /// about `history x (key + 16 KiB)` at worst.
 pub const MAX_EVENT_VALUE: usize = 16 * 1024;
 
-/// Events queued for one live watcher before it counts as too slow.
+/// Revisions queued for one live watcher before it counts as too slow.
 pub const WATCHER_QUEUE: usize = 256;
 
 /// Events read from the history per page while a watcher catches up.
@@ -41,11 +45,14 @@ const REPLAY_SCAN: usize = 4096;
 /// Beyond this many revisions a trim is one range deletion, not point deletes.
 const POINT_DELETE_LIMIT: u64 = 4096;
 
-/// Put or delete.
+/// Put or delete. New variants go at the end (history records name a
+/// variant by its position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     Put,
     Delete,
+    /// A delete because the key's deadline passed.
+    Expire,
 }
 
 /// One change to one key.
@@ -85,9 +92,17 @@ impl Event {
     }
 
     pub(crate) fn delete(revision: u64, key: &[u8]) -> Event {
+        Event::removal(revision, key, EventKind::Delete)
+    }
+
+    pub(crate) fn expire(revision: u64, key: &[u8]) -> Event {
+        Event::removal(revision, key, EventKind::Expire)
+    }
+
+    fn removal(revision: u64, key: &[u8], kind: EventKind) -> Event {
         Event {
             revision,
-            kind: EventKind::Delete,
+            kind,
             key: key.to_vec(),
             create_revision: 0,
             content_type: String::new(),
@@ -116,9 +131,12 @@ pub enum WatchError {
 /// How a live subscription ended, set once by the hub.
 type EndSlot = Arc<OnceLock<WatchError>>;
 
+/// The events of one revision that a watcher's prefix matches, in order.
+pub type Change = Vec<Arc<Event>>;
+
 struct Subscriber {
     prefix: Vec<u8>,
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Change>,
     end: EndSlot,
 }
 
@@ -136,7 +154,7 @@ pub struct EventHub {
 }
 
 struct Subscription {
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Change>,
     end: EndSlot,
 }
 
@@ -170,14 +188,22 @@ impl EventHub {
             if sub.tx.is_closed() {
                 return false;
             }
-            for event in events.iter().filter(|e| e.key.starts_with(&sub.prefix)) {
-                match sub.tx.try_send(event.clone()) {
+            for revision in events.chunk_by(|a, b| a.revision == b.revision) {
+                let change: Change = revision
+                    .iter()
+                    .filter(|e| e.key.starts_with(&sub.prefix))
+                    .cloned()
+                    .collect();
+                if change.is_empty() {
+                    continue;
+                }
+                match sub.tx.try_send(change) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         log::info!(
-                            "dropping a watcher of prefix {:?}: {WATCHER_QUEUE} events behind at revision {}",
+                            "dropping a watcher of prefix {:?}: {WATCHER_QUEUE} revisions behind at revision {}",
                             String::from_utf8_lossy(&sub.prefix),
-                            event.revision
+                            revision[0].revision
                         );
                         let _ = sub.end.set(WatchError::TooSlow);
                         return false;
@@ -242,8 +268,30 @@ impl EventHub {
     }
 }
 
-/// Adds `events` to the history in `batch` and trims it to the last
-/// `history` revisions up to `applied`; returns the new oldest revision.
+/// The history key of the event at `position` within its revision: the
+/// revision alone for the first (as before revisions held several), then
+/// revision and position, so a revision's events sort together, in order.
+fn history_key(revision: u64, position: u32) -> Vec<u8> {
+    let mut key = revision.to_be_bytes().to_vec();
+    if position > 0 {
+        key.extend_from_slice(&position.to_be_bytes());
+    }
+    key
+}
+
+fn revision_of(key: &[u8]) -> Result<u64, StoreError> {
+    match key.len() {
+        8 | 12 => Ok(u64::from_be_bytes(key[..8].try_into().expect("8 bytes"))),
+        n => Err(StoreError::Corrupt {
+            what: "event key",
+            detail: format!("{n} bytes"),
+        }),
+    }
+}
+
+/// Adds `events` (in revision order) to the history in `batch` and trims it
+/// to the last `history` revisions up to `applied`; returns the new oldest
+/// revision.
 pub(crate) fn record(
     db: &Db,
     batch: &mut WriteBatch,
@@ -251,10 +299,15 @@ pub(crate) fn record(
     applied: u64,
     history: u64,
     oldest: u64,
-) -> u64 {
+) -> Result<u64, StoreError> {
     let cf = db.cf(CF_EVENTS);
-    for event in events {
-        batch.put_cf(cf, event.revision.to_be_bytes(), encode(event.as_ref()));
+    let mut keys = Vec::with_capacity(events.len());
+    for revision in events.chunk_by(|a, b| a.revision == b.revision) {
+        for (position, event) in revision.iter().enumerate() {
+            let key = history_key(event.revision, position as u32);
+            batch.put_cf(cf, &key, encode(event.as_ref()));
+            keys.push((event.revision, key));
+        }
     }
     // Deletes after the puts: a tiny window may trim events of this batch.
     let new_oldest = oldest.max((applied + 1).saturating_sub(history));
@@ -262,13 +315,25 @@ pub(crate) fn record(
         if new_oldest - oldest > POINT_DELETE_LIMIT {
             batch.delete_range_cf(cf, oldest.to_be_bytes(), new_oldest.to_be_bytes());
         } else {
-            for revision in oldest..new_oldest {
-                batch.delete_cf(cf, revision.to_be_bytes());
+            // A revision may hold several events: delete the keys there are.
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(new_oldest.to_be_bytes());
+            let start = oldest.to_be_bytes();
+            let iter = db.rocks().iterator_cf_opt(
+                cf,
+                opts,
+                IteratorMode::From(&start, rocksdb::Direction::Forward),
+            );
+            for item in iter {
+                batch.delete_cf(cf, item?.0);
+            }
+            for (_, key) in keys.iter().filter(|(rev, _)| *rev < new_oldest) {
+                batch.delete_cf(cf, key);
             }
         }
     }
     batch.put_cf(db.cf(CF_META), KEY_EVENTS_OLDEST, encode(&new_oldest));
-    new_oldest
+    Ok(new_oldest)
 }
 
 /// Empties the history, which now starts after `applied` (snapshot install).
@@ -286,10 +351,10 @@ pub(crate) fn read_oldest(db: &Db, applied: u64) -> Result<u64, StoreError> {
     }
 }
 
-/// A page of history: events with `from <= revision <= upto` matching the
-/// prefix, and the revision to continue from.
+/// A page of history: the changes with `from <= revision <= upto` matching
+/// the prefix, whole revisions only, and the revision to continue from.
 struct Page {
-    events: Vec<Arc<Event>>,
+    changes: Vec<Change>,
     next: u64,
 }
 
@@ -320,30 +385,30 @@ fn read_page(db: &Db, from: u64, upto: u64, prefix: &[u8]) -> Result<Page, Watch
         opts,
         IteratorMode::From(&start, rocksdb::Direction::Forward),
     );
-    let mut events = Vec::new();
-    let mut scanned = 0;
-    for item in iter {
+    let mut changes: Vec<Change> = Vec::new();
+    let mut last = None;
+    for (scanned, item) in iter.enumerate() {
         let (raw_key, raw) = item.map_err(|e| storage(e.into()))?;
-        let revision = u64::from_be_bytes(raw_key.as_ref().try_into().map_err(|_| {
-            storage(StoreError::Corrupt {
-                what: "event key",
-                detail: format!("{} bytes", raw_key.len()),
-            })
-        })?);
-        let event: Event = decode("event", &raw).map_err(storage)?;
-        if event.key.starts_with(prefix) {
-            events.push(Arc::new(event));
-        }
-        scanned += 1;
-        if events.len() == REPLAY_PAGE || scanned == REPLAY_SCAN {
+        let revision = revision_of(&raw_key).map_err(storage)?;
+        let full = changes.len() >= REPLAY_PAGE || scanned >= REPLAY_SCAN;
+        // A page ends between revisions, never inside one.
+        if full && last != Some(revision) {
             return Ok(Page {
-                events,
-                next: revision + 1,
+                changes,
+                next: revision,
             });
         }
+        let event: Event = decode("event", &raw).map_err(storage)?;
+        if event.key.starts_with(prefix) {
+            match changes.last_mut() {
+                Some(change) if change[0].revision == revision => change.push(Arc::new(event)),
+                _ => changes.push(vec![Arc::new(event)]),
+            }
+        }
+        last = Some(revision);
     }
     Ok(Page {
-        events,
+        changes,
         next: upto.saturating_add(1),
     })
 }
@@ -363,7 +428,7 @@ pub struct Watcher {
     next: u64,
     /// Replay reads the history up to here.
     bound: u64,
-    pending: VecDeque<Arc<Event>>,
+    pending: VecDeque<Change>,
     live: Option<Subscription>,
     /// Replay is over; only the subscription is read.
     following: bool,
@@ -411,8 +476,8 @@ impl Watcher {
         self.next
     }
 
-    /// The next event, in revision order.
-    pub async fn next(&mut self) -> Result<Arc<Event>, WatchError> {
+    /// The next revision's events (those the prefix matches), in revision order.
+    pub async fn next(&mut self) -> Result<Change, WatchError> {
         loop {
             if let Some(end) = self.live.as_ref().and_then(|l| l.end.get()) {
                 return Err(match end {
@@ -424,9 +489,9 @@ impl Watcher {
                     other => other.clone(),
                 });
             }
-            if let Some(event) = self.pending.pop_front() {
-                self.next = self.next.max(event.revision + 1);
-                return Ok(event);
+            if let Some(change) = self.pending.pop_front() {
+                self.next = self.next.max(change[0].revision + 1);
+                return Ok(change);
             }
             if self.following {
                 let live = self
@@ -435,10 +500,10 @@ impl Watcher {
                     .expect("following implies a subscription");
                 match live.rx.recv().await {
                     // Replay already delivered it.
-                    Some(event) if event.revision < self.next => continue,
-                    Some(event) => {
-                        self.next = event.revision + 1;
-                        return Ok(event);
+                    Some(change) if change[0].revision < self.next => continue,
+                    Some(change) => {
+                        self.next = change[0].revision + 1;
+                        return Ok(change);
                     }
                     // Ended by the hub: the check above says why.
                     None if live.end.get().is_some() => continue,
@@ -463,7 +528,7 @@ impl Watcher {
             let (db, prefix, from, upto) =
                 (self.db.clone(), self.prefix.clone(), self.next, self.bound);
             let page = blocking(move || read_page(&db, from, upto, &prefix)).await?;
-            self.pending.extend(page.events);
+            self.pending.extend(page.changes);
             self.next = page.next.max(self.next);
             if self.live.is_none() && self.next > self.bound {
                 // Applies went on during the replay: read up to the new end.
@@ -483,7 +548,7 @@ mod tests {
 
     fn write(db: &Db, events: &[Arc<Event>], applied: u64, history: u64, oldest: u64) -> u64 {
         let mut batch = WriteBatch::default();
-        let oldest = record(db, &mut batch, events, applied, history, oldest);
+        let oldest = record(db, &mut batch, events, applied, history, oldest).unwrap();
         db.rocks().write(batch).unwrap();
         oldest
     }
@@ -505,7 +570,7 @@ mod tests {
             })
         );
         let page = read_page(&db, 7, 10, b"").unwrap();
-        let revs: Vec<_> = page.events.iter().map(|e| e.revision).collect();
+        let revs: Vec<_> = page.changes.iter().map(|c| c[0].revision).collect();
         assert_eq!(revs, vec![7, 8, 9, 10]);
         let count = db
             .rocks()
@@ -538,19 +603,19 @@ mod tests {
         let mut watcher = Watcher::start(db.clone(), hub.clone(), b"a/".to_vec(), Some(1))
             .await
             .unwrap();
-        assert_eq!(watcher.next().await.unwrap().revision, 1);
+        assert_eq!(watcher.next().await.unwrap()[0].revision, 1);
         // Applied while the watcher replays: on disk, not yet published...
         let events = [put(6, "a/k")];
         write(&db, &events, 6, 100, oldest);
-        assert_eq!(watcher.next().await.unwrap().revision, 4);
-        assert_eq!(watcher.next().await.unwrap().revision, 5);
+        assert_eq!(watcher.next().await.unwrap()[0].revision, 4);
+        assert_eq!(watcher.next().await.unwrap()[0].revision, 5);
         // ...then published: delivered once.
         hub.publish(&events, 6);
-        assert_eq!(watcher.next().await.unwrap().revision, 6);
+        assert_eq!(watcher.next().await.unwrap()[0].revision, 6);
         let events = [put(7, "a/k")];
         write(&db, &events, 7, 100, oldest);
         hub.publish(&events, 7);
-        assert_eq!(watcher.next().await.unwrap().revision, 7);
+        assert_eq!(watcher.next().await.unwrap()[0].revision, 7);
     }
 
     #[tokio::test]
@@ -589,5 +654,47 @@ mod tests {
             Watcher::start(db, hub, Vec::new(), None).await.err(),
             Some(WatchError::Closed)
         );
+    }
+
+    #[tokio::test]
+    async fn a_revision_of_many_events_is_kept_paged_trimmed_and_delivered_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let hub = Arc::new(EventHub::new(0));
+        let mut oldest = 1;
+        // Revision 1: one event; revision 2: a transaction of REPLAY_PAGE + 2
+        // writes, so a page fills in the middle of it; revision 3: one event.
+        let txn: Vec<_> = (0..REPLAY_PAGE + 2)
+            .map(|i| put(2, &format!("t/{i:04}")))
+            .collect();
+        for (rev, events) in [(1, vec![put(1, "a")]), (2, txn), (3, vec![put(3, "b")])] {
+            oldest = write(&db, &events, rev, 100, oldest);
+            hub.publish(&events, rev);
+        }
+        let page = read_page(&db, 1, 3, b"").unwrap();
+        let sizes: Vec<_> = page.changes.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, REPLAY_PAGE + 2, 1], "no revision is split");
+        let mut watcher = Watcher::start(db.clone(), hub.clone(), b"t/".to_vec(), Some(1))
+            .await
+            .unwrap();
+        let change = watcher.next().await.unwrap();
+        assert_eq!(change.len(), REPLAY_PAGE + 2);
+        assert!(change.iter().all(|e| e.revision == 2));
+        assert_eq!(change[0].key, b"t/0000");
+        // Live: a transaction's events arrive together, filtered by prefix.
+        let live = vec![put(4, "t/x"), put(4, "other"), put(4, "t/y")];
+        write(&db, &live, 4, 100, oldest);
+        hub.publish(&live, 4);
+        let change = watcher.next().await.unwrap();
+        let keys: Vec<_> = change.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, vec![b"t/x".to_vec(), b"t/y".to_vec()]);
+        // Trimming revision 2 deletes all of its events, and only those.
+        let oldest = write(&db, &[put(5, "c")], 5, 3, oldest);
+        assert_eq!(oldest, 3);
+        let left = db
+            .rocks()
+            .iterator_cf(db.cf(CF_EVENTS), IteratorMode::Start)
+            .count();
+        assert_eq!(left, 1 + 3 + 1, "revisions 3, 4 (three events) and 5");
     }
 }

@@ -6,7 +6,9 @@
 //! - `raft`: vote, committed log id, last purged log id;
 //! - `data`: the key-value state machine (see `value` for the encoding);
 //! - `meta`: state-machine metadata (last applied log id, membership, current snapshot);
-//! - `events`: the recent change history for watches, keyed by big-endian revision.
+//! - `events`: the recent change history for watches, keyed by big-endian revision;
+//! - `expiry`: an index of the keys that expire, keyed by big-endian deadline and key, so
+//!   the leader finds the due ones in order (derived from `data`: snapshots do not carry it).
 
 pub mod events;
 pub mod log;
@@ -31,6 +33,7 @@ pub const CF_RAFT: &str = "raft";
 pub const CF_DATA: &str = "data";
 pub const CF_META: &str = "meta";
 pub const CF_EVENTS: &str = "events";
+pub const CF_EXPIRY: &str = "expiry";
 
 /// The layout of a data directory this build reads and writes, recorded in
 /// the `meta` column family. Format 1 (no record) used bincode and log
@@ -38,6 +41,13 @@ pub const CF_EVENTS: &str = "events";
 /// machine's own revisions.
 pub const STORAGE_FORMAT: u32 = 2;
 const KEY_STORAGE_FORMAT: &[u8] = b"storage_format";
+
+/// All memtables of the database together, at most.
+const MEMTABLE_BUDGET: usize = 64 << 20;
+/// One memtable of one column family, at most.
+const MEMTABLE_PER_FAMILY: usize = 16 << 20;
+/// The block cache every column family shares.
+const BLOCK_CACHE: usize = 32 << 20;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -94,9 +104,22 @@ impl Db {
         // never acknowledged.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS]
+        // A memory budget instead of RocksDB's per-family defaults (a 64 MiB
+        // memtable, up to two, and an 8 MiB block cache for each of six
+        // families): all memtables together stay under 64 MiB, flushed
+        // early when they reach it, and every family shares one block cache.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        let cfs = [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| {
+                let mut cf = Options::default();
+                cf.set_write_buffer_size(MEMTABLE_PER_FAMILY);
+                cf.set_block_based_table_factory(&table);
+                ColumnFamilyDescriptor::new(name, cf)
+            });
         let inner =
             DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|source| StoreError::Open {
                 path: db_dir.clone(),
@@ -112,7 +135,7 @@ impl Db {
     }
 
     fn is_empty(&self) -> Result<bool, StoreError> {
-        for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS] {
+        for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY] {
             if let Some(item) = self
                 .inner
                 .iterator_cf(self.cf(name), IteratorMode::Start)
@@ -195,7 +218,7 @@ impl Db {
 
     /// Approximate on-disk size of the whole database, for metrics and status.
     pub fn approximate_size(&self) -> u64 {
-        [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS]
+        [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY]
             .into_iter()
             .filter_map(|name| {
                 self.inner

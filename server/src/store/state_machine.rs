@@ -28,9 +28,12 @@ use tokio::io::AsyncSeekExt;
 use super::events::{self, Event, EventHub, WatchError, Watcher};
 use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
-use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_META};
+use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_EXPIRY, CF_META};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use crate::raft::{Command, CommandResult, Precondition, ProposalResult, SnapshotData, TypeConfig};
+use crate::raft::{
+    Command, CommandResult, Compare, GotValue, Precondition, ProposalResult, SnapshotData, Txn,
+    TxnOp, TxnOpResult, TypeConfig,
+};
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 /// The revision of the last write applied (0 before the first).
@@ -149,12 +152,16 @@ pub struct KeyEntry {
 }
 
 impl KvReader {
+    /// The key's value, unless it is past its deadline by this node's
+    /// clock: an expired key is never returned, even before its delete
+    /// commits.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<StoredValue>, StoreError> {
         let db = self.db.clone();
+        let now = now_ms();
         blocking(
             move || match db.rocks().get_pinned_cf(db.cf(CF_DATA), &key)? {
                 Some(raw) => value::decode(&raw)
-                    .map(Some)
+                    .map(|v| (!v.meta.expired_at(now)).then_some(v))
                     .map_err(|e| StoreError::Corrupt {
                         what: "stored value",
                         detail: e.to_string(),
@@ -162,6 +169,53 @@ impl KvReader {
                 None => Ok(None),
             },
         )
+        .await
+    }
+
+    /// Keys whose deadline is at or before `now_ms`, earliest first, at most
+    /// `limit`, with their deadlines; after `after` (a deadline and key
+    /// returned before) if given. Starting after the last round's keys
+    /// skips the tombstones their deletes left at the front of the index,
+    /// which a scan from the start would wade through again every round.
+    pub async fn due(
+        &self,
+        after: Option<(Vec<u8>, u64)>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(now_ms.saturating_add(1).to_be_bytes());
+            let start = after
+                .as_ref()
+                .map(|(key, deadline)| expiry_key(*deadline, key))
+                .unwrap_or_default();
+            let iter = db.rocks().iterator_cf_opt(
+                db.cf(CF_EXPIRY),
+                opts,
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            let mut due = Vec::new();
+            for item in iter {
+                let (raw, _) = item?;
+                if after.is_some() && raw.as_ref() == start.as_slice() {
+                    continue;
+                }
+                if due.len() == limit {
+                    break;
+                }
+                let (deadline, key) = raw.split_at_checked(8).ok_or(StoreError::Corrupt {
+                    what: "expiry index",
+                    detail: format!("a key of {} bytes", raw.len()),
+                })?;
+                due.push((
+                    key.to_vec(),
+                    u64::from_be_bytes(deadline.try_into().expect("8 bytes")),
+                ));
+            }
+            Ok(due)
+        })
         .await
     }
 
@@ -174,6 +228,7 @@ impl KvReader {
         limit: usize,
     ) -> Result<(Vec<KeyEntry>, bool), StoreError> {
         let db = self.db.clone();
+        let now = now_ms();
         blocking(move || {
             let start = match &start_after {
                 Some(after) if after.as_slice() >= prefix.as_slice() => after.clone(),
@@ -199,6 +254,9 @@ impl KvReader {
                     what: "stored value",
                     detail: e.to_string(),
                 })?;
+                if meta.expired_at(now) {
+                    continue;
+                }
                 entries.push(KeyEntry {
                     key: key.to_vec(),
                     meta,
@@ -259,6 +317,15 @@ impl KvReader {
         let db = self.db.clone();
         blocking(move || write_backup(&db)).await
     }
+}
+
+/// This node's clock in Unix milliseconds (0 if it is before 1970: then
+/// nothing counts as expired).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn unix_millis() -> u128 {
@@ -418,7 +485,13 @@ fn load_snapshot_data(db: &Db, path: &Path) -> Result<(WriteBatch, u64), Snapsho
     let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
     let mut batch = WriteBatch::default();
     let (_, records) = snapshot::read(path, |key, raw| {
-        batch.put_cf(db.cf(CF_DATA), key, raw);
+        batch.put_cf(db.cf(CF_DATA), &key, &raw);
+        // The expiry index is derived from the values' deadlines.
+        let (meta, _) =
+            value::decode_meta(&raw).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if let Some(deadline) = meta.expires_at_ms {
+            batch.put_cf(db.cf(CF_EXPIRY), expiry_key(deadline, &key), []);
+        }
         if batch.size_in_bytes() > 8 << 20 {
             db.rocks()
                 .write(std::mem::take(&mut batch))
@@ -446,6 +519,13 @@ fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotHeader, Snap
     // Keys absent from the snapshot must be gone afterwards.
     db.rocks()
         .delete_range_cf(db.cf(CF_DATA), Vec::<u8>::new(), key_space_end())
+        .map_err(rocks_err)?;
+    db.rocks()
+        .delete_range_cf(
+            db.cf(CF_EXPIRY),
+            Vec::<u8>::new(),
+            expiry_key(u64::MAX, &key_space_end()),
+        )
         .map_err(rocks_err)?;
     let (mut batch, _) = load_snapshot_data(db, path)?;
     batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&meta.last_log_id));
@@ -477,90 +557,331 @@ fn check(precondition: Option<Precondition>, current: Option<u64>) -> bool {
     }
 }
 
-/// The revisions of a key as seen by the batch being applied.
-type Overlay = HashMap<Vec<u8>, Option<(u64, u64)>>;
-
-fn current_revisions(
-    db: &Db,
-    overlay: &Overlay,
-    key: &[u8],
-) -> Result<Option<(u64, u64)>, StorageError> {
-    if let Some(seen) = overlay.get(key) {
-        return Ok(*seen);
-    }
-    match db
-        .rocks()
-        .get_pinned_cf(db.cf(CF_DATA), key)
-        .map_err(|e| sm_err(ErrorVerb::Read, e))?
-    {
-        Some(raw) => {
-            let (meta, _) = value::decode_meta(&raw).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            Ok(Some((meta.create_revision, meta.mod_revision)))
-        }
-        None => Ok(None),
-    }
+/// The key of `key` in the expiry index: deadline first, so the due keys
+/// come first.
+fn expiry_key(deadline_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&deadline_ms.to_be_bytes());
+    out.extend_from_slice(key);
+    out
 }
 
-fn apply_command(
-    db: &Db,
-    batch: &mut WriteBatch,
-    overlay: &mut Overlay,
-    revision: &mut u64,
-    command: Command,
-    events: &mut Vec<Arc<Event>>,
-) -> Result<CommandResult, StorageError> {
-    match command {
-        Command::Put {
+fn corrupt_value(e: value::CorruptValue) -> StorageError {
+    sm_err(ErrorVerb::Read, e)
+}
+
+/// The entries being applied, as one WriteBatch, and the keys as they see
+/// them: each command sees the writes of the commands before it.
+struct Applying<'a> {
+    db: &'a Db,
+    batch: WriteBatch,
+    /// Keys written by this batch: their encoded value, or `None` if deleted.
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    revision: u64,
+    events: Vec<Arc<Event>>,
+}
+
+impl<'a> Applying<'a> {
+    fn new(db: &'a Db, revision: u64) -> Applying<'a> {
+        Applying {
+            db,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+            revision,
+            events: Vec::new(),
+        }
+    }
+
+    /// Decodes the key's stored value (expired or not) with `decode`.
+    fn stored_with<T>(
+        &self,
+        key: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T, value::CorruptValue>,
+    ) -> Result<Option<T>, StorageError> {
+        if let Some(seen) = self.overlay.get(key) {
+            return seen
+                .as_deref()
+                .map(decode)
+                .transpose()
+                .map_err(corrupt_value);
+        }
+        match self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(CF_DATA), key)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+        {
+            Some(raw) => decode(&raw).map(Some).map_err(corrupt_value),
+            None => Ok(None),
+        }
+    }
+
+    /// The key's metadata as stored, expired or not (writes need no more).
+    fn stored(&self, key: &[u8]) -> Result<Option<ValueMeta>, StorageError> {
+        self.stored_with(key, |raw| value::decode_meta(raw).map(|(meta, _)| meta))
+    }
+
+    /// The key's metadata unless it is past its deadline at `now_ms`.
+    fn live(&self, key: &[u8], now_ms: u64) -> Result<Option<ValueMeta>, StorageError> {
+        Ok(self.stored(key)?.filter(|m| !m.expired_at(now_ms)))
+    }
+
+    /// The key's value unless it is past its deadline at `now_ms`.
+    fn live_value(&self, key: &[u8], now_ms: u64) -> Result<Option<StoredValue>, StorageError> {
+        Ok(self
+            .stored_with(key, value::decode)?
+            .filter(|v| !v.meta.expired_at(now_ms)))
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    /// Deletes a key past its deadline at `now_ms` before a write to it, as
+    /// an expiry of its own revision: watchers see it go, then come back.
+    fn reap(&mut self, key: &[u8], now_ms: u64) -> Result<(), StorageError> {
+        if let Some(old) = self.stored(key)? {
+            if old.expired_at(now_ms) {
+                let revision = self.next_revision();
+                self.remove(key, &old, Event::expire(revision, key));
+            }
+        }
+        Ok(())
+    }
+
+    fn put(
+        &mut self,
+        key: &[u8],
+        old: Option<&ValueMeta>,
+        revision: u64,
+        content_type: &str,
+        expires_at_ms: Option<u64>,
+        bytes: &[u8],
+    ) -> u64 {
+        let create = old.map_or(revision, |o| o.create_revision);
+        if let Some(deadline) = old.and_then(|o| o.expires_at_ms) {
+            self.batch
+                .delete_cf(self.db.cf(CF_EXPIRY), expiry_key(deadline, key));
+        }
+        if let Some(deadline) = expires_at_ms {
+            self.batch
+                .put_cf(self.db.cf(CF_EXPIRY), expiry_key(deadline, key), []);
+        }
+        let raw = value::encode(create, revision, content_type, expires_at_ms, bytes);
+        self.batch.put_cf(self.db.cf(CF_DATA), key, &raw);
+        self.overlay.insert(key.to_vec(), Some(raw));
+        self.events.push(Arc::new(Event::put(
+            revision,
             key,
-            value: bytes,
+            create,
             content_type,
-            precondition,
-        } => {
-            let current = current_revisions(db, overlay, &key)?;
-            if !check(precondition, current.map(|(_, m)| m)) {
-                return Ok(CommandResult::PreconditionFailed {
-                    current: current.map(|(_, m)| m),
-                });
-            }
-            *revision += 1;
-            let index = *revision;
-            let create = current.map_or(index, |(c, _)| c);
-            batch.put_cf(
-                db.cf(CF_DATA),
-                &key,
-                value::encode(create, index, &content_type, &bytes),
-            );
-            events.push(Arc::new(Event::put(
-                index,
-                &key,
-                create,
-                &content_type,
-                &bytes,
-            )));
-            overlay.insert(key, Some((create, index)));
-            Ok(CommandResult::Written {
-                revision: index,
-                created: current.is_none(),
-            })
+            bytes,
+        )));
+        create
+    }
+
+    fn remove(&mut self, key: &[u8], old: &ValueMeta, event: Event) {
+        if let Some(deadline) = old.expires_at_ms {
+            self.batch
+                .delete_cf(self.db.cf(CF_EXPIRY), expiry_key(deadline, key));
         }
-        Command::Delete { key, precondition } => {
-            let current = current_revisions(db, overlay, &key)?;
-            if precondition.is_some() && !check(precondition, current.map(|(_, m)| m)) {
-                return Ok(CommandResult::PreconditionFailed {
-                    current: current.map(|(_, m)| m),
-                });
+        self.batch.delete_cf(self.db.cf(CF_DATA), key);
+        self.overlay.insert(key.to_vec(), None);
+        self.events.push(Arc::new(event));
+    }
+
+    fn apply(&mut self, command: Command) -> Result<CommandResult, StorageError> {
+        match command {
+            Command::Put {
+                key,
+                value,
+                content_type,
+                precondition,
+            } => self.apply_put(&key, &value, &content_type, precondition, 0, None),
+            Command::PutAt {
+                key,
+                value,
+                content_type,
+                precondition,
+                at_ms,
+                ttl_ms,
+            } => {
+                let deadline = ttl_ms.map(|ttl| at_ms.saturating_add(ttl));
+                self.apply_put(&key, &value, &content_type, precondition, at_ms, deadline)
             }
-            if current.is_none() {
-                return Ok(CommandResult::NotFound);
-            }
-            *revision += 1;
-            batch.delete_cf(db.cf(CF_DATA), &key);
-            events.push(Arc::new(Event::delete(*revision, &key)));
-            overlay.insert(key, None);
-            Ok(CommandResult::Deleted {
-                revision: *revision,
-            })
+            Command::Delete { key, precondition } => self.apply_delete(&key, precondition, 0),
+            Command::DeleteAt {
+                key,
+                precondition,
+                at_ms,
+            } => self.apply_delete(&key, precondition, at_ms),
+            Command::Expire { key, deadline_ms } => match self.stored(&key)? {
+                Some(old) if old.expires_at_ms == Some(deadline_ms) => {
+                    let revision = self.next_revision();
+                    self.remove(&key, &old, Event::expire(revision, &key));
+                    Ok(CommandResult::Deleted { revision })
+                }
+                _ => {
+                    // Renewed, cleared or gone: an index entry left for this
+                    // deadline is stale.
+                    self.batch
+                        .delete_cf(self.db.cf(CF_EXPIRY), expiry_key(deadline_ms, &key));
+                    Ok(CommandResult::NotFound)
+                }
+            },
+            Command::Txn(txn) => self.apply_txn(txn),
         }
+    }
+
+    fn apply_put(
+        &mut self,
+        key: &[u8],
+        bytes: &[u8],
+        content_type: &str,
+        precondition: Option<Precondition>,
+        now_ms: u64,
+        expires_at_ms: Option<u64>,
+    ) -> Result<CommandResult, StorageError> {
+        let current = self.live(key, now_ms)?;
+        let current_revision = current.as_ref().map(|c| c.mod_revision);
+        if !check(precondition, current_revision) {
+            return Ok(CommandResult::PreconditionFailed {
+                current: current_revision,
+            });
+        }
+        self.reap(key, now_ms)?;
+        let revision = self.next_revision();
+        self.put(
+            key,
+            current.as_ref(),
+            revision,
+            content_type,
+            expires_at_ms,
+            bytes,
+        );
+        Ok(CommandResult::Written {
+            revision,
+            created: current.is_none(),
+        })
+    }
+
+    fn apply_delete(
+        &mut self,
+        key: &[u8],
+        precondition: Option<Precondition>,
+        now_ms: u64,
+    ) -> Result<CommandResult, StorageError> {
+        let current = self.live(key, now_ms)?;
+        let current_revision = current.as_ref().map(|c| c.mod_revision);
+        if precondition.is_some() && !check(precondition, current_revision) {
+            return Ok(CommandResult::PreconditionFailed {
+                current: current_revision,
+            });
+        }
+        let Some(old) = current else {
+            self.reap(key, now_ms)?;
+            return Ok(CommandResult::NotFound);
+        };
+        let revision = self.next_revision();
+        self.remove(key, &old, Event::delete(revision, key));
+        Ok(CommandResult::Deleted { revision })
+    }
+
+    fn compare_holds(
+        &self,
+        key: &[u8],
+        compare: &Compare,
+        now_ms: u64,
+    ) -> Result<bool, StorageError> {
+        if let Compare::Value(expected) = compare {
+            return Ok(self
+                .live_value(key, now_ms)?
+                .is_some_and(|v| &v.value == expected));
+        }
+        let current = self.live(key, now_ms)?;
+        Ok(match (compare, &current) {
+            (Compare::Absent, current) => current.is_none(),
+            (Compare::Present, current) => current.is_some(),
+            (Compare::Revision(rev), Some(m)) => m.mod_revision == *rev,
+            (Compare::Revision(_) | Compare::Value(_), None) | (Compare::Value(_), Some(_)) => {
+                false
+            }
+        })
+    }
+
+    /// Applies the branch the compares choose; all its writes share one
+    /// revision, taken only if it writes.
+    fn apply_txn(&mut self, txn: Txn) -> Result<CommandResult, StorageError> {
+        let now = txn.at_ms;
+        let mut succeeded = true;
+        for (key, compare) in &txn.compare {
+            if !self.compare_holds(key, compare, now)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { txn.success } else { txn.failure };
+        // Expired keys the branch writes go first, at revisions of their
+        // own, so that the transaction's writes keep one revision.
+        for op in &ops {
+            if !matches!(op, TxnOp::Get { .. }) {
+                self.reap(op.key(), now)?;
+            }
+        }
+        let mut txn_revision = None;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let result = match op {
+                TxnOp::Put {
+                    key,
+                    value,
+                    content_type,
+                    ttl_ms,
+                } => {
+                    let revision = *txn_revision.get_or_insert_with(|| self.next_revision());
+                    let deadline = ttl_ms.map(|ttl| now.saturating_add(ttl));
+                    let old = self.live(&key, now)?;
+                    self.put(
+                        &key,
+                        old.as_ref(),
+                        revision,
+                        &content_type,
+                        deadline,
+                        &value,
+                    );
+                    TxnOpResult::Put {
+                        revision,
+                        expires_at_ms: deadline,
+                    }
+                }
+                TxnOp::Delete { key } => match self.live(&key, now)? {
+                    Some(old) => {
+                        let revision = *txn_revision.get_or_insert_with(|| self.next_revision());
+                        self.remove(&key, &old, Event::delete(revision, &key));
+                        TxnOpResult::Delete {
+                            revision: Some(revision),
+                        }
+                    }
+                    None => TxnOpResult::Delete { revision: None },
+                },
+                TxnOp::Get { key } => {
+                    TxnOpResult::Get(self.live_value(&key, now)?.map(|v| GotValue {
+                        content_type: v.meta.content_type,
+                        create_revision: v.meta.create_revision,
+                        mod_revision: v.meta.mod_revision,
+                        expires_at_ms: v.meta.expires_at_ms,
+                        value: v.value,
+                    }))
+                }
+            };
+            results.push(result);
+        }
+        Ok(CommandResult::Txn {
+            succeeded,
+            revision: txn_revision.unwrap_or(self.revision),
+            results,
+        })
     }
 }
 
@@ -583,11 +904,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let mut membership = self.membership.clone();
         let (history, oldest) = (self.watch_history, self.events_oldest);
-        let mut revision = self.revision;
+        let revision = self.revision;
         let (results, last_applied, membership, events, oldest, revision) = blocking(move || {
-            let mut batch = WriteBatch::default();
-            let mut overlay = Overlay::new();
-            let mut events = Vec::new();
+            let mut applying = Applying::new(&db, revision);
             let mut results = Vec::with_capacity(entries.len());
             let mut last_applied = None;
             let mut membership_changed = false;
@@ -603,26 +922,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(proposal) => {
                         let mut results = Vec::with_capacity(proposal.commands.len());
                         for command in proposal.commands {
-                            results.push(apply_command(
-                                &db,
-                                &mut batch,
-                                &mut overlay,
-                                &mut revision,
-                                command,
-                                &mut events,
-                            )?);
+                            results.push(applying.apply(command)?);
                         }
                         ProposalResult { results }
                     }
                 };
                 results.push(result);
             }
+            let Applying {
+                mut batch,
+                revision,
+                events,
+                ..
+            } = applying;
             batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode(&last_applied));
             batch.put_cf(db.cf(CF_META), KEY_REVISION, encode(&revision));
             if membership_changed {
                 batch.put_cf(db.cf(CF_META), KEY_MEMBERSHIP, encode(&membership));
             }
-            let oldest = events::record(&db, &mut batch, &events, revision, history, oldest);
+            let oldest = events::record(&db, &mut batch, &events, revision, history, oldest)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
             db.rocks()
                 .write(batch)
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -1073,7 +1392,7 @@ mod tests {
         let event = tokio::time::timeout(std::time::Duration::from_secs(5), reopened.next())
             .await
             .unwrap();
-        assert!(matches!(&event, Ok(e) if e.revision == 4), "{event:?}");
+        assert!(matches!(&event, Ok(c) if c[0].revision == 4), "{event:?}");
     }
 
     #[tokio::test]
@@ -1116,5 +1435,315 @@ mod tests {
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].key, b"a/3");
         assert!(!more);
+    }
+
+    fn put_at(key: &str, value: &str, at_ms: u64, ttl_ms: Option<u64>) -> Command {
+        Command::PutAt {
+            key: key.into(),
+            value: value.into(),
+            content_type: "text/plain".into(),
+            precondition: None,
+            at_ms,
+            ttl_ms,
+        }
+    }
+
+    /// Deadlines far in the past or the future of the real clock, so the
+    /// reader's own clock (now) decides predictably.
+    const PAST: u64 = 1_000;
+    const FUTURE: u64 = u64::MAX / 2;
+
+    #[tokio::test]
+    async fn expiring_keys_are_hidden_then_deleted_by_their_expire_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        let applied = sm
+            .apply(vec![batch_entry(
+                1,
+                vec![
+                    put_at("gone", "1", PAST, Some(1)),
+                    put_at("later", "2", PAST, Some(FUTURE)),
+                    put_at("renewed", "3", PAST, Some(1)),
+                    put_at("renewed", "4", PAST, None),
+                ],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(applied[0].results.len(), 4);
+        let reader = sm.reader();
+        // Past its deadline by this clock: never returned, though not deleted yet.
+        assert!(reader.get(b"gone".to_vec()).await.unwrap().is_none());
+        let later = reader.get(b"later".to_vec()).await.unwrap().unwrap();
+        assert_eq!(later.meta.expires_at_ms, Some(PAST + FUTURE));
+        let renewed = reader.get(b"renewed".to_vec()).await.unwrap().unwrap();
+        assert_eq!(
+            renewed.meta.expires_at_ms, None,
+            "a put without ttl clears it"
+        );
+        let (listed, _) = reader.list(Vec::new(), None, 10).await.unwrap();
+        let keys: Vec<_> = listed.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, vec![b"later".to_vec(), b"renewed".to_vec()]);
+        // Only "gone" is due; "renewed" left no index entry behind.
+        let due = reader
+            .due(None, crate::store::state_machine::now_ms(), 10)
+            .await
+            .unwrap();
+        assert_eq!(due, vec![(b"gone".to_vec(), PAST + 1)]);
+        let after = reader
+            .due(Some((b"gone".to_vec(), PAST + 1)), u64::MAX - 1, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            after,
+            vec![(b"later".to_vec(), PAST + FUTURE)],
+            "after the cursor"
+        );
+
+        let mut watch = reader.watch(Vec::new(), None).await.unwrap();
+        let applied = sm
+            .apply(vec![batch_entry(
+                2,
+                vec![
+                    Command::Expire {
+                        key: b"gone".to_vec(),
+                        deadline_ms: PAST + 1,
+                    },
+                    // A stale deadline (the key was renewed): nothing happens.
+                    Command::Expire {
+                        key: b"later".to_vec(),
+                        deadline_ms: PAST + 1,
+                    },
+                ],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            results(applied),
+            vec![
+                CommandResult::Deleted { revision: 5 },
+                CommandResult::NotFound
+            ]
+        );
+        let change = watch.next().await.unwrap();
+        assert_eq!(change[0].kind, crate::store::events::EventKind::Expire);
+        assert_eq!(change[0].key, b"gone");
+        assert!(
+            reader.due(None, u64::MAX - 1, 10).await.unwrap().len() == 1,
+            "only later's entry"
+        );
+        assert!(reader.get(b"later".to_vec()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn writes_treat_expired_keys_as_absent_at_the_leaders_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        let lock = |at_ms| Command::PutAt {
+            key: b"lock".to_vec(),
+            value: b"me".to_vec(),
+            content_type: String::new(),
+            precondition: Some(Precondition::Absent),
+            at_ms,
+            ttl_ms: Some(100),
+        };
+        let applied = sm
+            .apply(vec![batch_entry(
+                1,
+                // Taken at 1000 (expires at 1100); refused at 1099; taken
+                // again at 1100, which first expires the old one.
+                vec![lock(1000), lock(1099), lock(1100)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            results(applied),
+            vec![
+                CommandResult::Written {
+                    revision: 1,
+                    created: true
+                },
+                CommandResult::PreconditionFailed { current: Some(1) },
+                CommandResult::Written {
+                    revision: 3,
+                    created: true
+                },
+            ]
+        );
+        let mut replay = sm.reader().watch(Vec::new(), Some(1)).await.unwrap();
+        let kinds: Vec<_> = [
+            replay.next().await.unwrap(),
+            replay.next().await.unwrap(),
+            replay.next().await.unwrap(),
+        ]
+        .iter()
+        .map(|c| (c[0].revision, c[0].kind, c[0].create_revision))
+        .collect();
+        use crate::store::events::EventKind;
+        assert_eq!(
+            kinds,
+            vec![
+                (1, EventKind::Put, 1),
+                (2, EventKind::Expire, 0),
+                (3, EventKind::Put, 3)
+            ]
+        );
+        // Legacy commands carry no clock: nothing counts as expired for them.
+        let applied = sm
+            .apply(vec![entry(2, put("lock", "x", Some(Precondition::Absent)))])
+            .await
+            .unwrap();
+        assert_eq!(
+            results(applied),
+            vec![CommandResult::PreconditionFailed { current: Some(3) }]
+        );
+    }
+
+    fn txn(compare: Vec<(&str, Compare)>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {
+        Command::Txn(Txn {
+            compare: compare
+                .into_iter()
+                .map(|(k, c)| (k.as_bytes().to_vec(), c))
+                .collect(),
+            success,
+            failure,
+            at_ms: PAST,
+        })
+    }
+
+    fn op_put(key: &str, value: &str) -> TxnOp {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            content_type: "text/plain".into(),
+            ttl_ms: None,
+        }
+    }
+
+    fn op_get(key: &str) -> TxnOp {
+        TxnOp::Get { key: key.into() }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_writes_at_one_revision_and_sees_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        sm.apply(vec![entry(1, put("a", "1", None))]).await.unwrap();
+        let mut watch = sm.reader().watch(Vec::new(), None).await.unwrap();
+        let applied = sm
+            .apply(vec![batch_entry(
+                2,
+                vec![
+                    txn(
+                        vec![
+                            ("a", Compare::Revision(1)),
+                            ("a", Compare::Value(b"1".to_vec())),
+                            ("b", Compare::Absent),
+                            ("a", Compare::Present),
+                        ],
+                        vec![
+                            TxnOp::Delete { key: b"a".to_vec() },
+                            op_put("b", "moved"),
+                            op_get("b"),
+                            op_get("a"),
+                            TxnOp::Delete { key: b"c".to_vec() },
+                        ],
+                        vec![op_get("a")],
+                    ),
+                    // The same compare again, in the same entry: the first
+                    // one's writes make it fail, so the failure branch reads.
+                    txn(vec![("a", Compare::Present)], vec![], vec![op_get("b")]),
+                ],
+            )])
+            .await
+            .unwrap();
+        let results = results(applied);
+        let got_b = GotValue {
+            value: b"moved".to_vec(),
+            content_type: "text/plain".into(),
+            create_revision: 2,
+            mod_revision: 2,
+            expires_at_ms: None,
+        };
+        assert_eq!(
+            results,
+            vec![
+                CommandResult::Txn {
+                    succeeded: true,
+                    revision: 2,
+                    results: vec![
+                        TxnOpResult::Delete { revision: Some(2) },
+                        TxnOpResult::Put {
+                            revision: 2,
+                            expires_at_ms: None
+                        },
+                        TxnOpResult::Get(Some(got_b.clone())),
+                        TxnOpResult::Get(None),
+                        TxnOpResult::Delete { revision: None },
+                    ]
+                },
+                CommandResult::Txn {
+                    succeeded: false,
+                    revision: 2,
+                    results: vec![TxnOpResult::Get(Some(got_b))]
+                },
+            ]
+        );
+        // Watchers get the transaction whole, in order, at one revision.
+        let change = watch.next().await.unwrap();
+        let seen: Vec<_> = change
+            .iter()
+            .map(|e| (e.revision, e.kind, e.key.clone()))
+            .collect();
+        use crate::store::events::EventKind;
+        assert_eq!(
+            seen,
+            vec![
+                (2, EventKind::Delete, b"a".to_vec()),
+                (2, EventKind::Put, b"b".to_vec())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_install_rebuilds_the_expiry_index() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let mut source = open_sm(source_dir.path()).await;
+        source
+            .apply(vec![batch_entry(
+                1,
+                vec![
+                    put_at("due", "1", PAST, Some(1)),
+                    put_at("plain", "2", PAST, None),
+                ],
+            )])
+            .await
+            .unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let bytes = std::fs::read(
+            source_dir
+                .path()
+                .join("snapshots")
+                .join(format!("{}.snap", snapshot.meta.snapshot_id)),
+        )
+        .unwrap();
+        let target_dir = tempfile::tempdir().unwrap();
+        let mut target = open_sm(target_dir.path()).await;
+        // A stale index entry of the target's own must not survive the install.
+        target
+            .apply(vec![entry(1, put_at("stale", "x", PAST, Some(2)))])
+            .await
+            .unwrap();
+        let mut file = target.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&bytes).await.unwrap();
+        target.install_snapshot(&snapshot.meta, file).await.unwrap();
+        assert_eq!(
+            target.reader().due(None, u64::MAX - 1, 10).await.unwrap(),
+            vec![(b"due".to_vec(), PAST + 1)]
+        );
     }
 }

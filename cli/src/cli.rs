@@ -78,7 +78,8 @@ pub enum Command {
     Set(SetArgs),
     /// Delete a key.
     Delete(DeleteArgs),
-    /// List keys (with revision, size and content type), one JSON object per line.
+    /// List keys (with revision, size, content type and, for expiring keys,
+    /// expires_at), one JSON object per line.
     List(ListArgs),
     /// Follow changes to keys, one JSON object per line, until interrupted
     /// (GET /v1/watch). Resumes by itself after a dropped connection.
@@ -99,6 +100,24 @@ pub enum Command {
     Version,
     /// Load-test a cluster with concurrent reads and writes (like redis-benchmark).
     Bench(BenchArgs),
+    /// Run a transaction atomically (POST /v1/txn) and print the answer on one line.
+    ///
+    /// The transaction's JSON comes from FILE, or from standard input when FILE
+    /// is `-` or absent; input that is not JSON is refused before anything is
+    /// sent. All three lists are optional: every `compare` must hold for
+    /// `success` to run, else `failure` runs. For example:
+    ///
+    /// {"compare":[{"key":"a","revision":3}],"success":[{"put":{"key":"a","value":"1","ttl":"30s"}}],"failure":[{"get":{"key":"a"}}]}
+    ///
+    /// A compare has `key` and one of `revision`, `absent: true`, `present: true`,
+    /// `value` or `value_base64`. Operations: `put` (key, value or value_base64,
+    /// optional content_type and ttl), `delete` (key) and `get` (key).
+    ///
+    /// Exit status: 0 when the transaction ran, whether its compares held or not:
+    /// read `succeeded` in the output (true: `success` ran, false: `failure` ran).
+    /// 1 when the server refused it (its one-line error, e.g. InvalidTxn or
+    /// DuplicateKey, is printed) or the input could not be read or is not JSON.
+    Txn(TxnArgs),
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +210,18 @@ pub struct SetArgs {
     /// Only create the key; fail if it exists (If-None-Match: *).
     #[arg(long)]
     pub if_absent: bool,
+    /// Expire the key after this long: 1500ms, 30s, 2m, 1h30m, 1d, ... (from
+    /// 1ms to 365 days); the answer then gives `expires_at`. A set without
+    /// --ttl removes any expiry the key had.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TxnArgs {
+    /// JSON file holding the transaction; `-` or none: standard input.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

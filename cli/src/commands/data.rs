@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -16,6 +17,25 @@ use crate::urls;
 
 /// Largest page asked for when following pagination (the server's maximum).
 const PAGE: u64 = 1000;
+
+/// The server's bounds for a key's time to live; checked here too so that a
+/// bad `--ttl` fails before the value is read or sent.
+const MIN_TTL: Duration = Duration::from_millis(1);
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Checks a `--ttl` with the server's rules: humantime syntax (`1500ms`,
+/// `30s`, `1h30m`, `1d`), a unit required, from 1 ms to 365 days.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration such as 1500ms, 30s or 1h30m ({e})"))?;
+    if d < MIN_TTL {
+        return Err(format!("'{s}' is shorter than 1ms"));
+    }
+    if d > MAX_TTL {
+        return Err(format!("'{s}' is longer than 365 days"));
+    }
+    Ok(d)
+}
 
 /// `/v1/data/<encoded key>`, or a usage error for keys that cannot be sent.
 pub fn data_path(key: &str) -> Result<String> {
@@ -71,6 +91,12 @@ pub async fn get(client: &Client, args: GetArgs) -> Result<ExitCode> {
 
 pub async fn set(client: &Client, args: SetArgs) -> Result<ExitCode> {
     let path = data_path(&args.key)?;
+    let mut pairs = Vec::new();
+    if let Some(ttl) = &args.ttl {
+        parse_ttl(ttl).map_err(|e| UsageError(format!("--ttl: {e}")))?;
+        // Sent as typed: the server parses the same syntax.
+        pairs.push(("ttl", ttl.clone()));
+    }
     let value = match (&args.value, &args.file) {
         (Some(v), _) => Bytes::from(v.clone().into_bytes()),
         (None, Some(file)) => Bytes::from(
@@ -87,7 +113,9 @@ pub async fn set(client: &Client, args: SetArgs) -> Result<ExitCode> {
             Bytes::from(buf)
         }
     };
-    let mut call = Call::new(Method::PUT, path).body(value);
+    let mut call = Call::new(Method::PUT, path)
+        .query(urls::query_string(&pairs))
+        .body(value);
     if let Some(ct) = &args.content_type {
         let v = HeaderValue::from_str(ct)
             .map_err(|_| UsageError(format!("invalid --content-type '{ct}'")))?;
@@ -162,4 +190,55 @@ pub async fn list(client: &Client, args: ListArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_accepts_humantime_within_bounds() {
+        assert_eq!(parse_ttl("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_ttl("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_ttl("90 seconds"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_ttl("1ms"), Ok(MIN_TTL));
+        assert_eq!(parse_ttl("365d"), Ok(MAX_TTL));
+        assert_eq!(parse_ttl("364d 23h 59m 59s 999ms 1000us"), Ok(MAX_TTL));
+    }
+
+    #[test]
+    fn ttl_refuses_what_the_server_refuses() {
+        for bad in [
+            "", "30", "0", "0s", "0ms", "999us", "0.5ms", "-1s", "1x", "abc", "s", "1,5s",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} was accepted");
+        }
+        // Over the bound: 365 days and a millisecond, 366 days, a humantime year (365.25 d).
+        for bad in ["365d 1ms", "366d", "1y", "53w"] {
+            assert_eq!(
+                parse_ttl(bad),
+                Err(format!("'{bad}' is longer than 365 days")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_ttl("0s"), Err("'0s' is shorter than 1ms".to_string()));
+    }
+
+    #[test]
+    fn ttl_errors_are_one_line() {
+        for bad in ["", "30", "-1s", "1x", "99999999999999999999999s"] {
+            let e = parse_ttl(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{e:?}");
+            assert!(
+                e.starts_with(&format!("'{bad}' is not a duration")),
+                "{e:?}"
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@ mod backup;
 mod cluster;
 mod data;
 mod start;
+mod txn;
 mod watch;
 
 use std::io::Write;
@@ -47,6 +48,7 @@ pub async fn run(client: &Client, command: Command) -> Result<ExitCode> {
         Command::Delete(args) => data::delete(client, args).await,
         Command::List(args) => data::list(client, args).await,
         Command::Watch(args) => watch::watch(client, args).await,
+        Command::Txn(args) => txn::txn(client, args).await,
         Command::Start(_)
         | Command::Version
         | Command::Bench(_)

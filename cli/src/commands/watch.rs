@@ -1,7 +1,8 @@
 //! `cete watch`: follows `/v1/watch` (Server-Sent Events) and prints each
 //! event's JSON on one line. A dropped connection (or a "too slow" end) is
-//! resumed from the revision after the last event printed, so the output
-//! has no gap and no duplicate; a compacted start is an error.
+//! resumed from the revision of the last event printed, skipping the events
+//! of it already printed (a transaction's changes share one revision), so
+//! the output has no gap and no duplicate; a compacted start is an error.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -74,6 +75,61 @@ impl SseParser {
     }
 }
 
+/// Where the watch is, so that a new connection goes on where the last one
+/// stopped. Resuming at the revision after the last event printed would lose
+/// the rest of a transaction whose events a drop cut in two: instead the new
+/// connection starts at that revision and drops the events of it already
+/// printed (the server sends a revision's events in the same order each time).
+#[derive(Debug, Default)]
+struct Position {
+    /// The revision to start at next time, and how many of its events were printed.
+    resume: Option<(u64, usize)>,
+    /// Events of the resume revision still to drop on this connection.
+    skip: usize,
+}
+
+impl Position {
+    fn new(start_revision: Option<u64>) -> Position {
+        Position {
+            resume: start_revision.map(|r| (r, 0)),
+            skip: 0,
+        }
+    }
+
+    /// A connection starts: the `start_revision` to ask for.
+    fn connect(&mut self) -> Option<u64> {
+        self.skip = self.resume.map_or(0, |(_, printed)| printed);
+        self.resume.map(|(revision, _)| revision)
+    }
+
+    /// The first revision a "from now" stream can deliver (`X-Cete-Watch-Start`).
+    fn started_at(&mut self, revision: u64) {
+        if self.resume.is_none() {
+            self.resume = Some((revision, 0));
+        }
+    }
+
+    /// An event of `revision` arrived: whether to print it (false for one
+    /// printed before the connection dropped).
+    fn admit(&mut self, revision: u64) -> bool {
+        match self.resume {
+            Some((at, _)) if at == revision && self.skip > 0 => {
+                self.skip -= 1;
+                false
+            }
+            Some((at, printed)) if at == revision => {
+                self.resume = Some((at, printed + 1));
+                true
+            }
+            _ => {
+                self.skip = 0;
+                self.resume = Some((revision, 1));
+                true
+            }
+        }
+    }
+}
+
 /// How one connection ended, when it did not end the command.
 enum Dropped {
     /// The connection broke or closed: resume after a pause.
@@ -83,13 +139,13 @@ enum Dropped {
 }
 
 pub async fn watch(client: &Client, args: WatchArgs) -> Result<ExitCode> {
-    let mut next = args.start_revision.filter(|r| *r > 0);
+    let mut position = Position::new(args.start_revision.filter(|r| *r > 0));
     let mut failures: u32 = 0;
     // Reconnecting stops once nothing has worked for this long.
     let mut give_up_at = Instant::now() + client.timeout();
     loop {
         let before = give_up_at;
-        let dropped = follow(client, &args.prefix, &mut next, &mut give_up_at).await?;
+        let dropped = follow(client, &args.prefix, &mut position, &mut give_up_at).await?;
         if give_up_at != before {
             // It connected: a later drop is a new outage.
             failures = 0;
@@ -112,19 +168,19 @@ pub async fn watch(client: &Client, args: WatchArgs) -> Result<ExitCode> {
     }
 }
 
-/// One connection: prints events until it ends. `next` follows the last
-/// revision printed; `give_up_at` moves on whenever the server answers.
+/// One connection: prints events until it ends. `position` follows the last
+/// event printed; `give_up_at` moves on whenever the server answers.
 async fn follow(
     client: &Client,
     prefix: &str,
-    next: &mut Option<u64>,
+    position: &mut Position,
     give_up_at: &mut Instant,
 ) -> Result<Dropped> {
     let mut pairs = Vec::new();
     if !prefix.is_empty() {
         pairs.push(("prefix", prefix.to_string()));
     }
-    if let Some(rev) = *next {
+    if let Some(rev) = position.connect() {
         pairs.push(("start_revision", rev.to_string()));
     }
     let query = urls::query_string(&pairs);
@@ -145,12 +201,13 @@ async fn follow(
         }
     };
     *give_up_at = Instant::now() + client.timeout();
-    if next.is_none() {
-        *next = response
-            .headers()
-            .get("x-cete-watch-start")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+    if let Some(start) = response
+        .headers()
+        .get("x-cete-watch-start")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        position.started_at(start);
     }
     let mut body = response.bytes_stream();
     let mut parser = SseParser::default();
@@ -171,7 +228,9 @@ async fn follow(
                 return Err(err.into());
             }
             if let Some(rev) = event.id.as_deref().and_then(|id| id.parse::<u64>().ok()) {
-                *next = Some(rev + 1);
+                if !position.admit(rev) {
+                    continue;
+                }
             }
             out.push_str(&event.data);
             out.push('\n');
@@ -184,6 +243,47 @@ async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resumes_inside_a_revision_without_repeats() {
+        let mut p = Position::new(None);
+        assert_eq!(p.connect(), None);
+        p.started_at(5);
+        // Revision 5 is a transaction of three changes; the drop comes after two.
+        assert!(p.admit(5));
+        assert!(p.admit(5));
+        assert_eq!(p.connect(), Some(5));
+        // The server sends all of 5 again: the two printed are dropped.
+        assert!(!p.admit(5));
+        assert!(!p.admit(5));
+        assert!(p.admit(5));
+        assert!(p.admit(6));
+        assert_eq!(p.connect(), Some(6));
+        assert!(!p.admit(6));
+        assert!(p.admit(7));
+    }
+
+    #[test]
+    fn resume_starts_where_asked_and_skips_nothing_unprinted() {
+        let mut p = Position::new(Some(3));
+        assert_eq!(p.connect(), Some(3));
+        // The header does not move an explicit start.
+        p.started_at(10);
+        assert_eq!(p.connect(), Some(3));
+        // Nothing printed yet at 3: the first event there is new.
+        assert!(p.admit(3));
+        assert_eq!(p.connect(), Some(3));
+        assert!(!p.admit(3));
+        // Revision 3 had one event; what follows is printed.
+        assert!(p.admit(4));
+        // A revision the server skipped over ends the skipping too.
+        let mut p = Position::new(Some(8));
+        assert!(p.admit(8));
+        assert!(p.admit(8));
+        assert_eq!(p.connect(), Some(8));
+        assert!(p.admit(9));
+        assert_eq!(p.connect(), Some(9));
+    }
 
     #[test]
     fn parses_events_split_anywhere() {

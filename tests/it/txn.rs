@@ -205,13 +205,21 @@ async fn bad_transactions_are_refused_and_write_nothing() {
             assert_eq!(got, status, "{code}: {answer}");
             assert_error_body(&answer.to_string(), &[code], code);
         }
-        let resp = follow.get(leader.url("/v1/data/w")).send().await.unwrap();
+        let resp = follow.get(leader.url("/v1/data/w?consistency=stale")).send().await.unwrap();
         assert_eq!(resp.status(), 404, "nothing was written");
         let resp = follow.get(leader.url("/v1/txn")).send().await.unwrap();
         assert_eq!(resp.status(), 405);
         assert_eq!(resp.headers()["allow"], "POST");
     })
     .await
+}
+
+/// What the workers saw: attempts, and writes whose outcome is unknown (a
+/// timeout, or a 503/504 from a busy node): those may or may not count.
+#[derive(Default)]
+struct Tally {
+    attempts: AtomicU64,
+    unknown: AtomicU64,
 }
 
 /// Increments `counter` by compare-and-set, by a transaction or a conditional
@@ -221,18 +229,19 @@ async fn increment(
     node: String,
     share: u64,
     worker: u64,
-    attempts: Arc<AtomicU64>,
+    tally: Arc<Tally>,
 ) {
     let mut done = 0;
     let mut turn = worker;
     while done < share {
         turn += 1;
-        attempts.fetch_add(1, Ordering::Relaxed);
-        let resp = client
-            .get(format!("{node}/v1/data/counter"))
-            .send()
-            .await
-            .unwrap();
+        tally.attempts.fetch_add(1, Ordering::Relaxed);
+        let Ok(resp) = client.get(format!("{node}/v1/data/counter")).send().await else {
+            continue;
+        };
+        if resp.status() == 503 {
+            continue; // no read index in time on a busy machine: read again
+        }
         assert_eq!(resp.status(), 200);
         let revision: u64 = resp.headers()["x-cete-revision"]
             .to_str()
@@ -241,30 +250,37 @@ async fn increment(
             .unwrap();
         let value: u64 = resp.text().await.unwrap().parse().unwrap();
         let next = (value + 1).to_string();
-        let won = if turn.is_multiple_of(2) {
+        let sent = if turn.is_multiple_of(2) {
             let body = json!({"compare": [{"key": "counter", "revision": revision}],
                               "success": [{"put": {"key": "counter", "value": next}}]});
-            let resp = client
+            client
                 .post(format!("{node}/v1/txn"))
                 .json(&body)
                 .send()
                 .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.json::<Value>().await.unwrap()["succeeded"] == true
         } else {
-            let resp = client
+            client
                 .put(format!("{node}/v1/data/counter"))
                 .header("if-match", format!("\"{revision}\""))
                 .body(next)
                 .send()
                 .await
-                .unwrap();
-            match resp.status().as_u16() {
-                200 => true,
-                412 => false,
-                other => panic!("conditional put answered {other}"),
+        };
+        let Ok(resp) = sent else {
+            tally.unknown.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let won = match resp.status().as_u16() {
+            200 if turn.is_multiple_of(2) => {
+                resp.json::<Value>().await.unwrap()["succeeded"] == true
             }
+            200 => true,
+            412 => false,
+            503 | 504 => {
+                tally.unknown.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            other => panic!("the write answered {other}"),
         };
         if won {
             done += 1;
@@ -280,11 +296,11 @@ async fn transactions_racing_conditional_puts_lose_no_update() {
         let follow = client(true);
         put(&follow, leader, "counter", "0").await;
         let (workers, share) = (6u64, 15u64);
-        let attempts = Arc::new(AtomicU64::new(0));
+        let tally = Arc::new(Tally::default());
         // Workers on every node: reads are linearizable, writes go to the leader.
         let runs = (0..workers).map(|w| {
             let node = cluster.nodes[w as usize % 3].url("");
-            tokio::spawn(increment(follow.clone(), node, share, w, attempts.clone()))
+            tokio::spawn(increment(follow.clone(), node, share, w, tally.clone()))
         });
         for run in futures::future::join_all(runs).await {
             run.unwrap();
@@ -299,12 +315,14 @@ async fn transactions_racing_conditional_puts_lose_no_update() {
             .unwrap()
             .parse()
             .unwrap();
-        let attempts = attempts.load(Ordering::Relaxed);
-        println!("{} increments won in {attempts} attempts", workers * share);
-        assert_eq!(
-            value,
-            workers * share,
-            "every increment that won is counted once"
+        let attempts = tally.attempts.load(Ordering::Relaxed);
+        let unknown = tally.unknown.load(Ordering::Relaxed);
+        let won = workers * share;
+        println!("{won} increments won in {attempts} attempts ({unknown} of unknown outcome)");
+        // Every increment that won is counted once; one of unknown outcome may have landed.
+        assert!(
+            (won..=won + unknown).contains(&value),
+            "counter {value} after {won} increments that won and {unknown} unknown"
         );
         assert!(attempts > workers * share, "the workers did race");
     })

@@ -280,7 +280,11 @@ async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: String) -> Response
             let body = if head { Vec::new() } else { stored.value };
             let mut response = Response::new(body.into());
             let headers = response.headers_mut();
+            // Only visible ASCII goes back as a header (a restored backup
+            // could hold anything).
             let content_type = HeaderValue::from_str(&stored.meta.content_type)
+                .ok()
+                .filter(|v| v.to_str().is_ok())
                 .unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
             headers.insert(CONTENT_TYPE, content_type);
             let etag = format!("\"{}\"", stored.meta.mod_revision);

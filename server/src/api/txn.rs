@@ -143,6 +143,18 @@ fn compare_of(i: usize, c: CompareJson) -> Result<(Vec<u8>, Compare), ApiError> 
     Ok((key_of(c.key)?, given.remove(0)))
 }
 
+/// A content type as a `PUT` header could carry it: visible ASCII, as it is
+/// handed back in the `Content-Type` header of a `GET`.
+fn content_type_of(what: &str, given: Option<String>) -> Result<String, ApiError> {
+    match given.filter(|c| !c.trim().is_empty()) {
+        None => Ok(DEFAULT_CONTENT_TYPE.to_string()),
+        Some(c) if http::HeaderValue::from_str(&c).is_ok_and(|v| v.to_str().is_ok()) => Ok(c),
+        Some(c) => Err(invalid(format!(
+            "{what}: content_type {c:?} is not a valid header value (visible ASCII only)"
+        ))),
+    }
+}
+
 fn ops_of(branch: &str, ops: Vec<OpJson>) -> Result<Vec<TxnOp>, ApiError> {
     let mut written = HashSet::new();
     let mut out = Vec::with_capacity(ops.len());
@@ -153,10 +165,7 @@ fn ops_of(branch: &str, ops: Vec<OpJson>) -> Result<Vec<TxnOp>, ApiError> {
                 key: key_of(put.key)?,
                 value: value_of(&what, put.value, put.value_base64)?
                     .ok_or_else(|| invalid(format!("{what}: a put needs value or value_base64")))?,
-                content_type: put
-                    .content_type
-                    .filter(|c| !c.trim().is_empty())
-                    .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
+                content_type: content_type_of(&what, put.content_type)?,
                 ttl_ms: put.ttl.as_deref().map(ttl::parse).transpose()?,
             },
             OpJson::Delete(k) => TxnOp::Delete {

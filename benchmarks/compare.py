@@ -740,7 +740,7 @@ def main():
         + "). Peak RSS per member rows: the largest VmHWM of any member over all rows of that size.",
         f"- Preload for the large-store rows: {opts.preload_keys:,} keys under `big/` "
         f"(`cete bench --preload-only -c {opts.preload_concurrency}`): etcd in transactions of 128 puts "
-        f"({pe_n:,} keys in {pe_s:.0f} s), Cete one PUT per key, as it has no batch write API "
+        f"({pe_n:,} keys in {pe_s:.0f} s), Cete one PUT per key (its preload does not use /v1/txn yet) "
         f"({pc_n:,} keys in {pc_s:.0f} s). etcd's database was {notes_e[3]['db_size'] / 2**20:.0f} MiB at the end.",
         f"- The load generator itself used up to {client_max:.1f} CPU s in a row (of "
         f"{info['nproc'] * opts.duration:g} the {info['nproc']} cores have in one); every row's figures are in "

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_error_body, bounded, run_cli, wait_until, Cluster, NodeProc};
+use crate::harness::{
+    assert_error_body, bounded, follow_client, run_cli, wait_until, Cluster, NodeProc,
+};
 
 /// Deadline of one test, start-up included. The machine is small and other
 /// builds may share it, so this is well above the ~60 s a test should take.
@@ -21,15 +23,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// A client that follows redirects (re-sending the body of a 307), with no
 /// idle connections so a restarted node never meets a stale pooled socket.
-fn follow_client(timeout: Duration) -> reqwest::Client {
-    crate::harness::http()
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .timeout(timeout)
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("reqwest client")
-}
-
 /// A client that does not follow redirects, with `timeout`.
 fn raw_client(timeout: Duration) -> reqwest::Client {
     crate::harness::http()

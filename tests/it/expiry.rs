@@ -9,19 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_error_body, bounded, run_cli, wait_until, Cluster, NodeProc};
+use crate::harness::{
+    assert_error_body, bounded, follow_client, run_cli, wait_until, Cluster, NodeProc,
+};
 use crate::watch::Watch;
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn follow_client() -> reqwest::Client {
-    crate::harness::http()
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("reqwest client")
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -103,7 +96,7 @@ async fn until_past(deadline_ms: u64) {
 async fn keys_expire_on_every_replica_and_watchers_see_expiries() {
     bounded(Duration::from_secs(150), async {
         let cluster = Cluster::start(3, &[]).await;
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(10));
         let leader = &cluster.nodes[cluster.leader(SETTLE).await];
         let follower = cluster
             .nodes
@@ -213,7 +206,7 @@ async fn a_new_leader_deletes_what_the_old_one_left_expired() {
         }
         cluster.wait_members(3, SETTLE).await;
         assert_eq!(cluster.leader(SETTLE).await, 0, "node1 still leads");
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(10));
         let (status, body) = put(&client, &cluster.nodes[0], "lock", "?ttl=1s", "held").await;
         assert_eq!(status, 201, "{body}");
         let put_revision = body["revision"].as_u64().unwrap();
@@ -290,7 +283,7 @@ async fn backups_carry_deadlines_and_cete_set_takes_a_ttl() {
     bounded(Duration::from_secs(120), async {
         let cluster = Cluster::start(3, &[]).await;
         let leader = &cluster.nodes[cluster.leader(SETTLE).await];
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(10));
         let out = run_cli(leader, &["set", "held", "yes", "--ttl", "1h"], None);
         assert!(
             out.status.success(),
@@ -343,7 +336,7 @@ async fn many_keys_expiring_at_once_are_deleted_in_rounds_while_writes_go_on() {
     bounded(Duration::from_secs(420), async {
         let cluster = Cluster::start(3, &["--log-level", "info"]).await;
         let leader = &cluster.nodes[cluster.leader(SETTLE).await];
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(10));
         // Every key's deadline in the same second, this far ahead: time to load them.
         let target = now_ms() + 30_000;
         let started = Instant::now();

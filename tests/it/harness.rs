@@ -83,6 +83,18 @@ pub fn http() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// A client that follows up to 5 redirects (a follower's 307 to the leader), with
+/// `timeout` per request and no idle connections (a restarted node never meets a dead
+/// pooled socket).
+pub fn follow_client(timeout: Duration) -> reqwest::Client {
+    http()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("reqwest client")
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
 pub async fn wait_until<F, Fut, T>(timeout: Duration, what: &str, mut f: F) -> T
 where

@@ -10,24 +10,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_error_body, bounded, run_cli, Cluster, NodeProc};
+use crate::harness::{assert_error_body, bounded, follow_client, run_cli, Cluster, NodeProc};
 use crate::watch::Watch;
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn client(follow: bool) -> reqwest::Client {
-    let policy = if follow {
-        reqwest::redirect::Policy::limited(5)
-    } else {
-        reqwest::redirect::Policy::none()
-    };
-    crate::harness::http()
-        .redirect(policy)
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("reqwest client")
-}
 
 async fn txn(client: &reqwest::Client, node: &NodeProc, body: &Value) -> (u16, Value) {
     let resp = client
@@ -69,7 +55,7 @@ async fn transactions_apply_whole_at_one_revision() {
             .iter()
             .find(|n| n.name != leader.name)
             .unwrap();
-        let follow = client(true);
+        let follow = follow_client(Duration::from_secs(10));
         let a_rev = put(&follow, leader, "a", "0").await;
         let c_rev = put(&follow, leader, "c", "see").await;
         put(&follow, leader, "d", "x").await;
@@ -84,7 +70,7 @@ async fn transactions_apply_whole_at_one_revision() {
                         {"put": {"key": "e", "value_base64": "AP8="}}, {"delete": {"key": "d"}}],
             "failure": [{"get": {"key": "a"}}]
         });
-        let (status, to_follower) = txn(&client(false), follower, &request).await;
+        let (status, to_follower) = txn(&Cluster::client(), follower, &request).await;
         assert_eq!(status, 307, "{to_follower}");
         let (status, body) = txn(&follow, follower, &request).await;
         assert_eq!(status, 200, "{body}");
@@ -187,7 +173,7 @@ async fn bad_transactions_are_refused_and_write_nothing() {
     bounded(Duration::from_secs(120), async {
         let cluster = Cluster::start(3, &["--max-value-size", "65536"]).await;
         let leader = &cluster.nodes[cluster.leader(SETTLE).await];
-        let follow = client(true);
+        let follow = follow_client(Duration::from_secs(10));
         let many: Vec<Value> = (0..129).map(|i| json!({"get": {"key": format!("k{i}")}})).collect();
         let big = "x".repeat(70_000);
         let cases = [
@@ -293,7 +279,7 @@ async fn transactions_racing_conditional_puts_lose_no_update() {
     bounded(Duration::from_secs(150), async {
         let cluster = Cluster::start(3, &[]).await;
         let leader = &cluster.nodes[cluster.leader(SETTLE).await];
-        let follow = client(true);
+        let follow = follow_client(Duration::from_secs(10));
         put(&follow, leader, "counter", "0").await;
         let (workers, share) = (6u64, 15u64);
         let tally = Arc::new(Tally::default());

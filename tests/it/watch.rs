@@ -12,7 +12,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{assert_error_body, bounded, run_cli, wait_until, Cluster, NodeProc};
+use crate::harness::{
+    assert_error_body, bounded, follow_client, run_cli, wait_until, Cluster, NodeProc,
+};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 const SETTLE: Duration = Duration::from_secs(30);
@@ -166,15 +168,6 @@ async fn delete(client: &reqwest::Client, node: &NodeProc, key: &str) -> u64 {
         .unwrap()
 }
 
-fn follow_client() -> reqwest::Client {
-    crate::harness::http()
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("reqwest client")
-}
-
 fn revisions(events: &[Sse]) -> Vec<u64> {
     events
         .iter()
@@ -194,7 +187,7 @@ async fn events_follow_acknowledged_writes_and_resume() {
     bounded(TEST_TIMEOUT, async {
         let cluster = Cluster::start(1, &[]).await;
         let node = &cluster.nodes[0];
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(5));
         let mut all = Watch::open(node, "", None).await;
         let mut only_a = Watch::open(node, "prefix=a/", None).await;
 
@@ -307,7 +300,7 @@ async fn compacted_start_is_refused_with_the_oldest_revision() {
     bounded(TEST_TIMEOUT, async {
         let cluster = Cluster::start(1, &["--watch-history", "10"]).await;
         let node = &cluster.nodes[0];
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(5));
         let mut last = 0;
         for i in 0..30 {
             last = put(&client, node, &format!("k{i}"), "v").await;
@@ -346,7 +339,7 @@ async fn cli_watch_prints_one_json_line_per_event() {
     bounded(TEST_TIMEOUT, async {
         let cluster = Cluster::start(1, &[]).await;
         let node = &cluster.nodes[0];
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(5));
         let first = put(&client, node, "app/x", "1").await;
         put(&client, node, "other", "2").await;
         let last = delete(&client, node, "app/x").await;
@@ -387,7 +380,7 @@ async fn cli_watch_prints_one_json_line_per_event() {
 /// Writes keys `w<id>-<n>` until stopped, recording acknowledged revisions;
 /// failures (a leader change) are retried against every node in turn.
 async fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<u64>>>) {
-    let client = follow_client();
+    let client = follow_client(Duration::from_secs(5));
     let mut n = 0u64;
     let mut target = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -506,7 +499,7 @@ async fn slow_watcher_is_dropped_while_writes_and_others_go_on() {
     bounded(TEST_TIMEOUT, async {
         let cluster = Cluster::start(1, &[]).await;
         let node = &cluster.nodes[0];
-        let client = follow_client();
+        let client = follow_client(Duration::from_secs(5));
         let start = put(&client, node, "start", "x").await;
 
         // The slow watcher: asks, then reads nothing (small receive buffer,

@@ -2,7 +2,7 @@
 #
 #   make build     release binaries, copied to ./bin/ (cete, cete-server)
 #   make run       run one node with the defaults (ARGS="--id=node2 ..." to pass flags)
-#   make test      fmt check, clippy, build, unit + integration tests, the dashboard in a
+#   make test      fmt check, import check, clippy, build, unit + integration tests, the dashboard in a
 #                  browser, openapi, API and helm checks, the image test (podman)
 #   make dist      dist/cete-<version>-<target triple>.tar.gz
 #   make docker-build  the image cete:<version> (DOCKER=podman to use podman)
@@ -80,7 +80,7 @@ triple = $(shell rustc -vV | sed -n 's/^host: //p')
 PHASE_LOG := $(CURDIR)/.make-phases
 phase = @printf '\n==> %s\n' $(1); printf '%s\t%s\n' "$$(date +%s.%N)" $(1) >> '$(PHASE_LOG)'
 
-.PHONY: help setup build run test phase-reset fmt fmt-check clippy test-build test-cargo \
+.PHONY: help setup build run test phase-reset fmt fmt-check import-check clippy test-build test-cargo \
 	browser-test openapi-check api-check helm-check image-test dist docker-build bench bench-compare clean
 
 help:
@@ -103,7 +103,7 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: phase-reset setup fmt-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
+test: phase-reset setup fmt-check import-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
 	$(call phase,"test: all checks passed")
 	@printf '\n==> phase times\n'
 	@awk -F'\t' 'NR > 1 { split(name, n, ":"); printf "  %-10s %8.1f s\n", n[1], $$1 - prev } \
@@ -119,6 +119,11 @@ fmt-check:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Imports in server/src point down the layers of docs/architecture.md.
+import-check:
+	$(call phase,"imports: scripts/check-imports.py")
+	$(PYTHON) scripts/check-imports.py
 
 clippy:
 	$(call phase,"clippy: cargo clippy --workspace --all-targets -- -D warnings")

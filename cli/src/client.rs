@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use cete_types::{ErrorBody, ErrorCode};
 use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::{tls, urls};
@@ -112,20 +112,11 @@ impl ApiError {
     /// Decodes an error body; falls back to the status line and body text
     /// for bodies that are not in the contract's shape.
     pub fn decode(status: StatusCode, body: &[u8]) -> ApiError {
-        #[derive(Deserialize)]
-        struct Envelope {
-            error: Inner,
-        }
-        #[derive(Deserialize)]
-        struct Inner {
-            code: String,
-            message: String,
-        }
-        if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
+        if let Ok(body) = serde_json::from_slice::<ErrorBody>(body) {
             return ApiError {
                 status,
-                code: env.error.code,
-                message: env.error.message,
+                code: body.error.code,
+                message: body.error.message,
             };
         }
         let text = String::from_utf8_lossy(body);
@@ -326,7 +317,8 @@ impl Client {
                 }
                 if reply.status == StatusCode::SERVICE_UNAVAILABLE
                     && retries < MAX_RETRIES
-                    && ApiError::decode(reply.status, &reply.body).code == "NoLeader"
+                    && ApiError::decode(reply.status, &reply.body).code
+                        == ErrorCode::NoLeader.as_str()
                 {
                     let wait = retry_after(&reply.headers)
                         .unwrap_or(Duration::ZERO)
@@ -383,7 +375,7 @@ impl Client {
             let body = resp.bytes().await.unwrap_or_default();
             let err = ApiError::decode(status, &body);
             if status == StatusCode::SERVICE_UNAVAILABLE
-                && err.code == "NoLeader"
+                && err.code == ErrorCode::NoLeader.as_str()
                 && retries < MAX_RETRIES
             {
                 let wait = retry_after(&headers)

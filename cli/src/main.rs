@@ -2,7 +2,6 @@
 //! the subcommand and turns its outcome into one line on stderr and an exit
 //! code (0 ok, 1 failure, 2 usage).
 
-mod backup_file;
 mod bench;
 mod cli;
 mod client;

@@ -569,7 +569,7 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
         watch_history: setting(raw, "watch_history", |v| {
             parse_at_least(v, 1, "a whole number of revisions")
         })?
-        .unwrap_or(crate::store::events::DEFAULT_WATCH_HISTORY),
+        .unwrap_or(cete_store::events::DEFAULT_WATCH_HISTORY),
         expiry_interval: setting(raw, "expiry_interval", parse_interval)?
             .unwrap_or(DEFAULT_EXPIRY_INTERVAL),
         tls: resolve_tls(raw)?,

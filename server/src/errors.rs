@@ -1,6 +1,8 @@
 //! The node's error type: every failure a request can meet, each with a
-//! stable code that clients match on. `api::error` maps them to HTTP.
+//! stable code that clients match on (`cete_types::ErrorCode`, whose table
+//! also gives its HTTP status). `api::error` turns them into answers.
 
+use cete_types::ErrorCode;
 use thiserror::Error;
 
 /// The leader as far as this node knows.
@@ -51,24 +53,24 @@ pub enum Error {
 
 impl Error {
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::NotLeader(_) => "NotLeader",
-            Error::NoLeader => "NoLeader",
-            Error::OutcomeUnknown(_) => "OutcomeUnknown",
-            Error::Timeout(_) => "Timeout",
-            Error::NodeNotFound(_) => "NodeNotFound",
-            Error::MembershipChangeInProgress => "MembershipChangeInProgress",
-            Error::QuorumLoss(_) => "QuorumLoss",
-            Error::Conflict(_) => "Conflict",
-            Error::InvalidArgument(_) => "InvalidArgument",
-            Error::PeerUnavailable(_) => "PeerUnavailable",
-            Error::Storage(_) => "StorageUnavailable",
-            Error::StorageFull(_) => "StorageFull",
-            Error::ShuttingDown => "ShuttingDown",
-            Error::Internal(_) => "Internal",
-            Error::Compacted { .. } => "Compacted",
-            Error::WatcherTooSlow => "WatcherTooSlow",
+            Error::NotLeader(_) => ErrorCode::NotLeader,
+            Error::NoLeader => ErrorCode::NoLeader,
+            Error::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            Error::Timeout(_) => ErrorCode::Timeout,
+            Error::NodeNotFound(_) => ErrorCode::NodeNotFound,
+            Error::MembershipChangeInProgress => ErrorCode::MembershipChangeInProgress,
+            Error::QuorumLoss(_) => ErrorCode::QuorumLoss,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
+            Error::Storage(_) => ErrorCode::StorageUnavailable,
+            Error::StorageFull(_) => ErrorCode::StorageFull,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Internal(_) => ErrorCode::Internal,
+            Error::Compacted { .. } => ErrorCode::Compacted,
+            Error::WatcherTooSlow => ErrorCode::WatcherTooSlow,
         }
     }
 }
@@ -101,25 +103,31 @@ impl Error {
     /// answers the same REST status here as there (`leader` for `NotLeader`).
     /// An unknown code (a newer peer) is `Internal`.
     pub fn from_code(code: &str, payload: String, leader: LeaderHint) -> Error {
+        let Some(code) = ErrorCode::parse(code) else {
+            return Error::Internal(payload);
+        };
         match code {
-            "NotLeader" => Error::NotLeader(leader),
-            "NoLeader" => Error::NoLeader,
-            "OutcomeUnknown" => Error::OutcomeUnknown(payload),
-            "Timeout" => Error::Timeout(payload),
-            "NodeNotFound" => Error::NodeNotFound(payload),
-            "MembershipChangeInProgress" => Error::MembershipChangeInProgress,
-            "QuorumLoss" => Error::QuorumLoss(payload),
-            "Conflict" => Error::Conflict(payload),
-            "InvalidArgument" => Error::InvalidArgument(payload),
-            "PeerUnavailable" => Error::PeerUnavailable(payload),
-            "StorageUnavailable" => Error::Storage(payload),
-            "StorageFull" => Error::StorageFull(payload),
-            "ShuttingDown" => Error::ShuttingDown,
-            "Compacted" => match payload.split_once(' ').map(|(r, o)| (r.parse(), o.parse())) {
-                Some((Ok(requested), Ok(oldest))) => Error::Compacted { requested, oldest },
-                _ => Error::Internal(format!("a peer reported Compacted as {payload:?}")),
-            },
-            "WatcherTooSlow" => Error::WatcherTooSlow,
+            ErrorCode::NotLeader => Error::NotLeader(leader),
+            ErrorCode::NoLeader => Error::NoLeader,
+            ErrorCode::OutcomeUnknown => Error::OutcomeUnknown(payload),
+            ErrorCode::Timeout => Error::Timeout(payload),
+            ErrorCode::NodeNotFound => Error::NodeNotFound(payload),
+            ErrorCode::MembershipChangeInProgress => Error::MembershipChangeInProgress,
+            ErrorCode::QuorumLoss => Error::QuorumLoss(payload),
+            ErrorCode::Conflict => Error::Conflict(payload),
+            ErrorCode::InvalidArgument => Error::InvalidArgument(payload),
+            ErrorCode::PeerUnavailable => Error::PeerUnavailable(payload),
+            ErrorCode::StorageUnavailable => Error::Storage(payload),
+            ErrorCode::StorageFull => Error::StorageFull(payload),
+            ErrorCode::ShuttingDown => Error::ShuttingDown,
+            ErrorCode::Compacted => {
+                match payload.split_once(' ').map(|(r, o)| (r.parse(), o.parse())) {
+                    Some((Ok(requested), Ok(oldest))) => Error::Compacted { requested, oldest },
+                    _ => Error::Internal(format!("a peer reported Compacted as {payload:?}")),
+                }
+            }
+            ErrorCode::WatcherTooSlow => Error::WatcherTooSlow,
+            // Codes of the HTTP layer never travel between peers.
             _ => Error::Internal(payload),
         }
     }
@@ -195,7 +203,7 @@ mod tests {
                     grpc_address: String::new(),
                 },
             };
-            let back = Error::from_code(err.code(), err.payload(), hint);
+            let back = Error::from_code(err.code().as_str(), err.payload(), hint);
             assert_eq!(back.code(), err.code(), "{err:?}");
             assert_eq!(back.to_string(), err.to_string(), "{err:?}");
         }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::node::Cete;
+use crate::node::Node;
 use crate::raft::Command;
-use crate::store::state_machine::now_ms;
+use cete_store::state_machine::now_ms;
 
 /// Keys expired per round. Rounds run one after another, so client writes
 /// queued behind an expiry wait for at most one round's deletes, however
@@ -18,7 +18,7 @@ use crate::store::state_machine::now_ms;
 pub const ROUND: usize = 256;
 
 /// Sweeps every `interval` while this node leads, until `shutdown`.
-pub async fn run(node: Arc<Cete>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(node: Arc<Node>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -44,7 +44,7 @@ pub async fn run(node: Arc<Cete>, interval: Duration, mut shutdown: watch::Recei
 /// waits for them. `Some(Some(last))`: a full round, more may be due after
 /// `last`; `Some(None)`: nothing more is due; `None`: it could not (no
 /// longer leader, storage failing), and the next tick starts over.
-async fn sweep_round(node: &Cete, after: Option<(Vec<u8>, u64)>) -> Option<Option<(Vec<u8>, u64)>> {
+async fn sweep_round(node: &Node, after: Option<(Vec<u8>, u64)>) -> Option<Option<(Vec<u8>, u64)>> {
     let due = match node.reader().due(after, now_ms(), ROUND).await {
         Ok(due) => due,
         Err(e) => {

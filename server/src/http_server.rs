@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use cete_types::{ErrorBody, ErrorCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -309,12 +310,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
 
 /// Answers a plain-text request on the HTTPS port with a readable 400 and closes.
 async fn refuse_plain_text(mut stream: TcpStream) -> Result<(), BoxError> {
-    let body = crate::api::error::ApiError::bad_request(
-        "HttpsRequired",
+    let body = ErrorBody::new(
+        ErrorCode::HttpsRequired,
         "this port speaks HTTPS: the client sent a plain HTTP request; use https://",
     )
-    .body()
-    .to_string();
+    .to_json();
+    let body = String::from_utf8(body).expect("JSON is UTF-8");
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -17,66 +17,15 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::node::Cete;
-use crate::store::{CF_DATA, CF_LOGS, CF_META, CF_RAFT};
+use crate::node::Node;
+use cete_store::{SnapshotMetrics, CF_DATA, CF_LOGS, CF_META, CF_RAFT};
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
-
-/// Every route of the HTTP API as a template; a request is counted under one
-/// of these or under [`OTHER_ROUTE`], so the label set stays bounded whatever
-/// paths clients send.
-pub const ROUTES: &[&str] = &[
-    "/v1/data",
-    "/v1/data/{key}",
-    "/v1/node",
-    "/v1/cluster",
-    "/v1/cluster/{id}",
-    "/v1/snapshot",
-    "/v1/watch",
-    "/v1/txn",
-    "/v1/liveness_check",
-    "/v1/readiness_check",
-    "/v1/metrics",
-    "/metrics",
-    "/openapi.yaml",
-    "/",
-    "/ui",
-    "/ui/{file}",
-];
-
-/// The route label of requests to paths the API does not serve.
-pub const OTHER_ROUTE: &str = "other";
-
-/// The route template a request path falls under (see [`ROUTES`]).
-pub fn route_template(path: &str) -> &'static str {
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    let segments: Vec<&str> = rest.split('/').collect();
-    match segments.as_slice() {
-        [""] => "/",
-        ["ui"] => "/ui",
-        ["ui", _] => "/ui/{file}",
-        ["metrics"] => "/metrics",
-        ["openapi.yaml"] => "/openapi.yaml",
-        ["v1", "data"] => "/v1/data",
-        // Keys may hold slashes: everything after /v1/data/ is the key.
-        ["v1", "data", _, ..] => "/v1/data/{key}",
-        ["v1", "node"] => "/v1/node",
-        ["v1", "cluster"] => "/v1/cluster",
-        ["v1", "cluster", _] => "/v1/cluster/{id}",
-        ["v1", "snapshot"] => "/v1/snapshot",
-        ["v1", "watch"] => "/v1/watch",
-        ["v1", "txn"] => "/v1/txn",
-        ["v1", "liveness_check"] => "/v1/liveness_check",
-        ["v1", "readiness_check"] => "/v1/readiness_check",
-        ["v1", "metrics"] => "/v1/metrics",
-        _ => OTHER_ROUTE,
-    }
-}
 
 /// The method label: the standard methods by name, anything else as `other`
 /// (extension methods would otherwise grow the label set without bound).
@@ -91,68 +40,6 @@ pub fn method_label(method: &http::Method) -> &'static str {
         Method::PATCH => "PATCH",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
-    }
-}
-
-/// Snapshot builds and installs, counted by the state machine as they finish.
-pub struct SnapshotMetrics {
-    builds: IntCounter,
-    build_seconds: Histogram,
-    installs: IntCounter,
-    install_seconds: Histogram,
-}
-
-/// Buckets for snapshot durations: from a tiny store to a large one.
-const SNAPSHOT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0];
-
-impl Default for SnapshotMetrics {
-    fn default() -> SnapshotMetrics {
-        let counter = |name: &str, help: &str| {
-            IntCounter::new(name, help).expect("valid metric name and help")
-        };
-        let histogram = |name: &str, help: &str| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(SNAPSHOT_BUCKETS.to_vec()))
-                .expect("valid metric name and buckets")
-        };
-        SnapshotMetrics {
-            builds: counter(
-                "cete_snapshot_builds_total",
-                "Snapshots this node built and recorded.",
-            ),
-            build_seconds: histogram(
-                "cete_snapshot_build_duration_seconds",
-                "Time to build a snapshot: write the file and record it.",
-            ),
-            installs: counter(
-                "cete_snapshot_installs_total",
-                "Snapshots received from the leader and installed.",
-            ),
-            install_seconds: histogram(
-                "cete_snapshot_install_duration_seconds",
-                "Time to install a received snapshot: copy, verify and replace the state.",
-            ),
-        }
-    }
-}
-
-impl SnapshotMetrics {
-    /// A snapshot was built in `took`.
-    pub fn built(&self, took: Duration) {
-        self.builds.inc();
-        self.build_seconds.observe(took.as_secs_f64());
-    }
-
-    /// A received snapshot was installed in `took`.
-    pub fn installed(&self, took: Duration) {
-        self.installs.inc();
-        self.install_seconds.observe(took.as_secs_f64());
-    }
-
-    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.builds.clone()))?;
-        registry.register(Box::new(self.build_seconds.clone()))?;
-        registry.register(Box::new(self.installs.clone()))?;
-        registry.register(Box::new(self.install_seconds.clone()))
     }
 }
 
@@ -433,11 +320,11 @@ impl Metrics {
     pub fn record_request(
         &self,
         method: &http::Method,
-        path: &str,
+        route: &'static str,
         status: http::StatusCode,
         elapsed: Duration,
     ) {
-        let labels = [route_template(path), method_label(method), status.as_str()];
+        let labels = [route, method_label(method), status.as_str()];
         self.http_requests.with_label_values(&labels).inc();
         self.http_seconds
             .with_label_values(&labels)
@@ -446,13 +333,13 @@ impl Metrics {
 
     /// Samples the node and renders every series as Prometheus text. Runs
     /// off the async runtime: RocksDB and `/proc` are read here.
-    pub async fn render(node: Arc<Cete>) -> Result<String, String> {
-        tokio::task::spawn_blocking(move || node.prometheus.encode(&node))
+    pub async fn render(self: Arc<Self>, node: Arc<Node>) -> Result<String, String> {
+        tokio::task::spawn_blocking(move || self.encode(&node))
             .await
             .map_err(|e| format!("metrics task failed: {e}"))?
     }
 
-    fn encode(&self, node: &Cete) -> Result<String, String> {
+    fn encode(&self, node: &Node) -> Result<String, String> {
         let sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
         let has_quorum_ack = sample(&sampled, node);
         let mut families = self.registry.gather();
@@ -475,7 +362,7 @@ impl Metrics {
 
 /// Reads the current values into the scrape-time series. Returns whether
 /// the quorum-ack age was set (only a leader has one).
-fn sample(s: &Sampled, node: &Cete) -> bool {
+fn sample(s: &Sampled, node: &Node) -> bool {
     let m = node.metrics();
     let status = node.node_status();
 
@@ -522,7 +409,7 @@ fn sample(s: &Sampled, node: &Cete) -> bool {
     }
     let db = node.reader().db();
     s.committed_index
-        .set(gauge_value(crate::store::log::committed_index(db)));
+        .set(gauge_value(cete_store::log::committed_index(db)));
 
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().count();
@@ -577,47 +464,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_map_to_their_templates() {
-        let cases = [
-            ("/v1/data", "/v1/data"),
-            ("/v1/data/a", "/v1/data/{key}"),
-            ("/v1/data/a/b/c", "/v1/data/{key}"),
-            ("/v1/data/", "/v1/data/{key}"),
-            ("/v1/node", "/v1/node"),
-            ("/v1/cluster", "/v1/cluster"),
-            ("/v1/cluster/node2", "/v1/cluster/{id}"),
-            ("/v1/cluster/a/b", OTHER_ROUTE),
-            ("/v1/snapshot", "/v1/snapshot"),
-            ("/v1/liveness_check", "/v1/liveness_check"),
-            ("/v1/readiness_check", "/v1/readiness_check"),
-            ("/v1/metrics", "/v1/metrics"),
-            ("/metrics", "/metrics"),
-            ("/openapi.yaml", "/openapi.yaml"),
-            ("/", "/"),
-            ("/ui", "/ui"),
-            ("/ui/", "/ui/{file}"),
-            ("/ui/app.js", "/ui/{file}"),
-            ("/ui/a/b", OTHER_ROUTE),
-            ("/v2/data/x", OTHER_ROUTE),
-            ("/wp-admin/../etc/passwd", OTHER_ROUTE),
-        ];
-        for (path, template) in cases {
-            assert_eq!(route_template(path), template, "{path}");
-            assert!(template == OTHER_ROUTE || ROUTES.contains(&template));
-        }
-    }
-
-    #[test]
-    fn every_route_template_is_in_the_openapi_document() {
-        for route in ROUTES {
-            assert!(
-                include_str!("../../openapi.yaml").contains(&format!("\n  {route}:\n")),
-                "{route} is not a path of openapi.yaml"
-            );
-        }
-    }
-
-    #[test]
     fn unknown_methods_share_one_label() {
         assert_eq!(method_label(&http::Method::PUT), "PUT");
         let odd = http::Method::from_bytes(b"PROPFIND").unwrap();
@@ -630,7 +476,7 @@ mod tests {
         for key in ["a", "b/c", "d"] {
             metrics.record_request(
                 &http::Method::GET,
-                &format!("/v1/data/{key}"),
+                crate::api::routes::template(&format!("/v1/data/{key}")),
                 http::StatusCode::OK,
                 Duration::from_millis(2),
             );

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
+use cete_types::backup;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::header::HeaderMap;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::print_compact;
-use crate::backup_file;
 use crate::cli::SaveArgs;
 use crate::client::{Call, Client};
 use crate::urls;
@@ -88,7 +88,7 @@ async fn download(
     mut response: reqwest::Response,
     part: &Path,
     file: &Path,
-) -> Result<(backup_file::Summary, u64)> {
+) -> Result<(backup::Summary, u64)> {
     let headers = response.headers().clone();
     let revision = header_u64(&headers, "x-cete-revision")?;
     let keys = header_u64(&headers, "x-cete-keys")?;
@@ -133,9 +133,10 @@ async fn download(
         );
     }
     let checked = part.to_path_buf();
-    let summary = tokio::task::spawn_blocking(move || backup_file::verify(&checked))
+    let summary = tokio::task::spawn_blocking(move || backup::summary(&checked))
         .await
-        .context("the verification task failed")??;
+        .context("the verification task failed")?
+        .map_err(|e| anyhow!("the backup is not valid: {e}"))?;
     if (summary.revision, summary.keys) != (revision, keys) {
         bail!(
             "the backup holds revision {} with {} keys, the server announced revision {revision} with {keys} keys",

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
+use cete_types::ErrorCode;
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -17,7 +18,11 @@ use crate::client::{ApiError, Call, Client, TransportError};
 use crate::urls;
 
 /// Error codes after which the same watch is simply opened again.
-const RESUMABLE: [&str; 2] = ["WatcherTooSlow", "ShuttingDown"];
+const RESUMABLE: [ErrorCode; 2] = [ErrorCode::WatcherTooSlow, ErrorCode::ShuttingDown];
+
+fn resumable(code: &str) -> bool {
+    ErrorCode::parse(code).is_some_and(|c| RESUMABLE.contains(&c))
+}
 
 /// One event of a Server-Sent Events stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -192,7 +197,7 @@ async fn follow(
         Err(e) => {
             let resumable = e.downcast_ref::<TransportError>().is_some()
                 || e.downcast_ref::<ApiError>()
-                    .is_some_and(|err| RESUMABLE.contains(&err.code.as_str()));
+                    .is_some_and(|err| resumable(&err.code));
             return if resumable {
                 Ok(Dropped::Lost(e.to_string()))
             } else {
@@ -222,7 +227,7 @@ async fn follow(
             if event.event == "error" {
                 write_stdout(out.as_bytes())?;
                 let err = ApiError::decode(reqwest::StatusCode::OK, event.data.as_bytes());
-                if RESUMABLE.contains(&err.code.as_str()) {
+                if resumable(&err.code) {
                     return Ok(Dropped::Ended(err.to_string()));
                 }
                 return Err(err.into());

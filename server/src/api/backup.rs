@@ -14,12 +14,12 @@ use warp::{Filter, Rejection, Reply};
 use super::data::{parse_query, text_param};
 use super::error::node_error;
 use super::{parse_consistency, raw_query, with_node};
-use crate::node::Cete;
+use crate::node::Node;
 
 /// Read size of the streamed body.
 const CHUNK: usize = 256 * 1024;
 
-pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "snapshot")
         .and(warp::get())
         .and(with_node(node))
@@ -27,7 +27,7 @@ pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rej
         .then(backup)
 }
 
-async fn backup(node: Arc<Cete>, query: String) -> Response {
+async fn backup(node: Arc<Node>, query: String) -> Response {
     // As strict as the other routes: an unknown or repeated parameter is refused.
     let consistency = match parse_query(&query, &["consistency"])
         .and_then(|q| text_param(&q, "consistency"))

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::StatusCode;
+use cete_types::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::reply::Response;
@@ -15,21 +15,21 @@ use warp::{Filter, Rejection, Reply};
 use super::error::{node_error, ApiError};
 use super::{limited_body, request_target, with_node, RequestTarget};
 use crate::errors::Error;
-use crate::node::Cete;
+use crate::node::Node;
 use crate::raft::NodeInfo;
 
 /// Join requests are small; anything bigger is a mistake.
 const MAX_JOIN_BODY: u64 = 64 * 1024;
 
-pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let node_route = warp::path!("v1" / "node")
         .and(warp::get())
         .and(with_node(node.clone()))
-        .then(|node: Arc<Cete>| async move { node_json(&node).await });
+        .then(|node: Arc<Node>| async move { node_json(&node).await });
     let cluster = warp::path!("v1" / "cluster")
         .and(warp::get())
         .and(with_node(node.clone()))
-        .map(|node: Arc<Cete>| cluster_json(&node));
+        .map(|node: Arc<Node>| cluster_json(&node));
     let join = warp::path!("v1" / "cluster" / String)
         .and(warp::put())
         .and(with_node(node.clone()))
@@ -75,7 +75,7 @@ fn node_fields(info: &NodeInfo, state: &str) -> serde_json::Map<String, Value> {
     }
 }
 
-async fn node_json(node: &Cete) -> Response {
+async fn node_json(node: &Node) -> Response {
     let commit_index = node.commit_index().await;
     let status = node.node_status();
     let mut fields = node_fields(&status.info, &status.state);
@@ -89,7 +89,7 @@ async fn node_json(node: &Cete) -> Response {
     warp::reply::json(&json!({ "node": fields })).into_response()
 }
 
-fn cluster_json(node: &Cete) -> Response {
+fn cluster_json(node: &Node) -> Response {
     let (members, leader) = node.cluster_status();
     let nodes: serde_json::Map<String, Value> = members
         .into_iter()
@@ -175,24 +175,27 @@ fn check_host_port(address: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -> Response {
+async fn join(id: String, node: Arc<Node>, target: RequestTarget, body: Bytes) -> Response {
     let id = match percent_encoding::percent_decode_str(&id).decode_utf8() {
         Ok(id) if !id.is_empty() => id.into_owned(),
         _ => {
-            return ApiError::bad_request("InvalidArgument", "the node id must be non-empty UTF-8")
-                .into_response()
+            return ApiError::new(
+                ErrorCode::InvalidArgument,
+                "the node id must be non-empty UTF-8",
+            )
+            .into_response()
         }
     };
     let body: JoinBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => {
-            return ApiError::bad_request("InvalidJson", format!("invalid join body: {e}"))
+            return ApiError::new(ErrorCode::InvalidJson, format!("invalid join body: {e}"))
                 .into_response()
         }
     };
     if let Some(fields) = body.both_spellings() {
-        return ApiError::bad_request(
-            "InvalidJson",
+        return ApiError::new(
+            ErrorCode::InvalidJson,
             format!("invalid join body: {fields} are the same field; give one"),
         )
         .into_response();
@@ -204,12 +207,15 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
         .filter(non_empty)
         .or(body.metadata.grpc_address.filter(non_empty))
     else {
-        return ApiError::bad_request("InvalidArgument", "metadata.grpc_addr is required")
+        return ApiError::new(ErrorCode::InvalidArgument, "metadata.grpc_addr is required")
             .into_response();
     };
     if let Err(e) = check_host_port(&grpc_addr) {
-        return ApiError::bad_request("InvalidArgument", format!("metadata.grpc_addr: {e}"))
-            .into_response();
+        return ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("metadata.grpc_addr: {e}"),
+        )
+        .into_response();
     }
     // Only the leader changes membership: send the client there first.
     if let Some(hint) = node.leader_hint() {
@@ -225,8 +231,7 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     };
     if info.name != id {
         return ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
+            ErrorCode::Conflict,
             format!("the node at {grpc_addr} is '{}', not '{id}'", info.name),
         )
         .into_response();
@@ -246,8 +251,7 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
     for (field, given, actual) in given {
         if let Some(given) = given.as_deref().filter(|g| !g.is_empty() && *g != actual) {
             return ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
+                ErrorCode::Conflict,
                 format!("{field} is {given} in the request but the node reports {actual}"),
             )
             .into_response();
@@ -278,8 +282,7 @@ async fn join(id: String, node: Arc<Cete>, target: RequestTarget, body: Bytes) -
 fn unreachable_target(err: Error, grpc_addr: &str) -> Response {
     match err {
         Error::PeerUnavailable(detail) => ApiError::new(
-            StatusCode::CONFLICT,
-            "NodeUnreachable",
+            ErrorCode::NodeUnreachable,
             format!("no node answers at metadata.grpc_addr {grpc_addr}; is it running? ({detail})"),
         )
         .into_response(),
@@ -287,7 +290,7 @@ fn unreachable_target(err: Error, grpc_addr: &str) -> Response {
     }
 }
 
-async fn leave(id: String, node: Arc<Cete>, target: RequestTarget) -> Response {
+async fn leave(id: String, node: Arc<Node>, target: RequestTarget) -> Response {
     let id = percent_encoding::percent_decode_str(&id)
         .decode_utf8_lossy()
         .into_owned();
@@ -297,7 +300,7 @@ async fn leave(id: String, node: Arc<Cete>, target: RequestTarget) -> Response {
     }
 }
 
-async fn snapshot(node: Arc<Cete>) -> Response {
+async fn snapshot(node: Arc<Node>) -> Response {
     match node.trigger_snapshot().await {
         Ok(index) => warp::reply::json(&json!({"snapshot": {"index": index}})).into_response(),
         Err(e) => node_error(e, None),

@@ -25,7 +25,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::http_server::Scheme;
-use crate::node::Cete;
+use crate::node::Node;
 
 /// Request headers a cross-origin call may send (the ones the API reads).
 const ALLOW_HEADERS: &str = "content-type, if-match, if-none-match, last-event-id";
@@ -36,7 +36,7 @@ const EXPOSE_HEADERS: &str =
 /// The request's `Origin` when it is another member's dashboard, else `None`.
 /// Never rejects, so it can run before every route.
 pub(crate) fn member_origin(
-    node: Arc<Cete>,
+    node: Arc<Node>,
 ) -> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
     warp::header::headers_cloned()
         .and(warp::ext::optional::<Scheme>())
@@ -69,7 +69,7 @@ fn options_only() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 /// from a member's origin for a method the path serves; anything else passes
 /// on (to the `405` that `OPTIONS` gets elsewhere).
 pub(crate) fn preflight(
-    node: Arc<Cete>,
+    node: Arc<Node>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     options_only()
         .and(warp::path::full())
@@ -77,7 +77,7 @@ pub(crate) fn preflight(
         .and(member_origin(node))
         .and_then(
             |path: FullPath, method: String, origin: Option<HeaderValue>| async move {
-                let allowed = super::allowed_methods(path.as_str());
+                let allowed = super::routes::allowed_methods(path.as_str());
                 let serves = allowed.is_some_and(|methods| {
                     methods
                         .split(", ")

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cete_types::ErrorCode;
 use http::header::{HeaderValue, CONTENT_TYPE, ETAG};
 use http::StatusCode;
 use serde_json::json;
@@ -15,15 +16,15 @@ use super::error::{node_error, ApiError};
 use super::ttl;
 use super::{limited_body, parse_consistency, raw_query, request_target, with_node, RequestTarget};
 use crate::errors::Error;
-use crate::node::Cete;
+use crate::node::Node;
 use crate::raft::{Command, CommandResult, Precondition};
-use crate::store::state_machine::now_ms;
+use cete_store::state_machine::now_ms;
 
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
-pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let max_body = node.max_value_size;
     let list = warp::path!("v1" / "data")
         .and(warp::get())
@@ -110,22 +111,22 @@ pub(super) fn parse_query(
             } else {
                 format!("known parameters: {}", allowed.join(", "))
             };
-            return Err(ApiError::bad_request(
-                "InvalidArgument",
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
                 format!("unknown query parameter '{name}'; {known}"),
             ));
         };
         let value = value.replace('+', " ");
         if let Some(at) = bad_escape(value.as_bytes()) {
-            return Err(ApiError::bad_request(
-                "InvalidArgument",
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
                 format!("invalid percent-encoding in query parameter '{name}' at byte {at}"),
             ));
         }
         let decoded = percent_encoding::percent_decode(value.as_bytes()).collect();
         if params.insert(name, decoded).is_some() {
-            return Err(ApiError::bad_request(
-                "InvalidArgument",
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
                 format!("query parameter '{name}' is given more than once"),
             ));
         }
@@ -142,8 +143,8 @@ pub(super) fn text_param(
         .get(name)
         .map(|v| {
             String::from_utf8(v.clone()).map_err(|_| {
-                ApiError::bad_request(
-                    "InvalidArgument",
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
                     format!("query parameter '{name}' is not UTF-8"),
                 )
             })
@@ -155,8 +156,8 @@ pub(super) fn text_param(
 pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
     let bytes = raw.as_bytes();
     if let Some(i) = bad_escape(bytes) {
-        return Err(ApiError::bad_request(
-            "InvalidKey",
+        return Err(ApiError::new(
+            ErrorCode::InvalidKey,
             format!("invalid percent-encoding in key at byte {i}"),
         ));
     }
@@ -167,15 +168,15 @@ pub fn decode_key(raw: &str) -> Result<Vec<u8>, ApiError> {
 
 pub(super) fn check_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() {
-        return Err(ApiError::bad_request("InvalidKey", "the key is empty"));
+        return Err(ApiError::new(ErrorCode::InvalidKey, "the key is empty"));
     }
-    if key.len() > crate::MAX_KEY_LEN {
-        return Err(ApiError::bad_request(
-            "KeyTooLarge",
+    if key.len() > cete_types::MAX_KEY_LEN {
+        return Err(ApiError::new(
+            ErrorCode::KeyTooLarge,
             format!(
                 "the key is {} bytes; the limit is {}",
                 key.len(),
-                crate::MAX_KEY_LEN
+                cete_types::MAX_KEY_LEN
             ),
         ));
     }
@@ -203,8 +204,8 @@ fn precondition(
         .map(|tag| {
             let rev = tag.trim().trim_start_matches("W/").trim_matches('"');
             rev.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    "InvalidArgument",
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
                     format!("If-Match must be a revision such as \"7\", not {tag}"),
                 )
             })
@@ -214,8 +215,8 @@ fn precondition(
         None => false,
         Some(tag) if tag.trim() == "*" => true,
         Some(tag) => {
-            return Err(ApiError::bad_request(
-                "InvalidArgument",
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
                 format!("only If-None-Match: * is supported, not {tag}"),
             ))
         }
@@ -230,8 +231,7 @@ fn precondition(
 
 fn contradictory_precondition() -> Response {
     ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "PreconditionFailed",
+        ErrorCode::PreconditionFailed,
         "precondition failed: If-Match needs the key to exist and If-None-Match: * needs it not to",
     )
     .into_response()
@@ -246,24 +246,18 @@ fn precondition_failed(current: Option<u64>) -> Response {
         Some(rev) => format!("precondition failed: the key's revision is {rev}"),
         None => "precondition failed: the key does not exist".to_string(),
     };
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "PreconditionFailed",
-        message,
-    )
-    .into_response()
+    ApiError::new(ErrorCode::PreconditionFailed, message).into_response()
 }
 
 fn key_not_found(key: &[u8]) -> Response {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "KeyNotFound",
+        ErrorCode::KeyNotFound,
         format!("key '{}' not found", String::from_utf8_lossy(key)),
     )
     .into_response()
 }
 
-async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: String) -> Response {
+async fn get(tail: Tail, head: bool, node: Arc<Node>, query: String) -> Response {
     let key = match decode_key(tail.as_str()) {
         Ok(key) => key,
         Err(e) => return e.into_response(),
@@ -319,7 +313,7 @@ async fn get(tail: Tail, head: bool, node: Arc<Cete>, query: String) -> Response
 #[allow(clippy::too_many_arguments)]
 async fn put(
     tail: Tail,
-    node: Arc<Cete>,
+    node: Arc<Node>,
     target: RequestTarget,
     query: String,
     content_type: Option<String>,
@@ -383,7 +377,7 @@ async fn put(
 
 async fn delete(
     tail: Tail,
-    node: Arc<Cete>,
+    node: Arc<Node>,
     target: RequestTarget,
     query: String,
     if_match: Option<String>,
@@ -421,7 +415,7 @@ async fn delete(
     }
 }
 
-async fn list(node: Arc<Cete>, query: String) -> Response {
+async fn list(node: Arc<Node>, query: String) -> Response {
     let query = match parse_query(&query, &["prefix", "limit", "start_after", "consistency"]) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
@@ -437,8 +431,8 @@ async fn list(node: Arc<Cete>, query: String) -> Response {
         None => DEFAULT_LIST_LIMIT,
         Some(Ok(n)) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
         Some(_) => {
-            return ApiError::bad_request(
-                "InvalidArgument",
+            return ApiError::new(
+                ErrorCode::InvalidArgument,
                 format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}"),
             )
             .into_response()
@@ -493,12 +487,12 @@ mod tests {
         assert_eq!(decode_key("a/b/c").unwrap(), b"a/b/c");
         assert_eq!(decode_key("a%20b%2Fc").unwrap(), b"a b/c");
         assert_eq!(decode_key("%00%ff").unwrap(), vec![0, 255]);
-        assert_eq!(decode_key("%zz").unwrap_err().code, "InvalidKey");
-        assert_eq!(decode_key("abc%4").unwrap_err().code, "InvalidKey");
-        assert_eq!(decode_key("").unwrap_err().code, "InvalidKey");
-        let long = "k".repeat(crate::MAX_KEY_LEN + 1);
-        assert_eq!(decode_key(&long).unwrap_err().code, "KeyTooLarge");
-        assert!(decode_key(&"k".repeat(crate::MAX_KEY_LEN)).is_ok());
+        assert_eq!(decode_key("%zz").unwrap_err().code.as_str(), "InvalidKey");
+        assert_eq!(decode_key("abc%4").unwrap_err().code.as_str(), "InvalidKey");
+        assert_eq!(decode_key("").unwrap_err().code.as_str(), "InvalidKey");
+        let long = "k".repeat(cete_types::MAX_KEY_LEN + 1);
+        assert_eq!(decode_key(&long).unwrap_err().code.as_str(), "KeyTooLarge");
+        assert!(decode_key(&"k".repeat(cete_types::MAX_KEY_LEN)).is_ok());
     }
 
     #[test]
@@ -513,7 +507,7 @@ mod tests {
         assert!(parse_query("", &[]).unwrap().is_empty());
         for bad in ["prefix=%zz", "prefix=a%4", "prefx=a", "prefix=a&prefix=b"] {
             let err = parse_query(bad, &["prefix"]).unwrap_err();
-            assert_eq!(err.code, "InvalidArgument", "{bad}");
+            assert_eq!(err.code.as_str(), "InvalidArgument", "{bad}");
         }
         assert!(parse_query("x=1", &[]).is_err());
     }

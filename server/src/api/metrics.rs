@@ -11,19 +11,23 @@ use super::error::node_error;
 use super::with_node;
 use crate::errors::Error;
 use crate::metrics::{self, Metrics};
-use crate::node::Cete;
+use crate::node::Node;
 
-pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
         .or(warp::path!("v1" / "metrics"))
         .unify()
         .and(warp::get())
         .and(with_node(node))
+        .and(warp::any().map(move || metrics.clone()))
         .then(scrape)
 }
 
-async fn scrape(node: Arc<Cete>) -> Response {
-    match Metrics::render(node).await {
+async fn scrape(node: Arc<Node>, metrics: Arc<Metrics>) -> Response {
+    match metrics.render(node).await {
         Ok(text) => {
             let mut response = Response::new(text.into());
             response.headers_mut().insert(

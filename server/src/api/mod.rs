@@ -7,6 +7,7 @@ mod data;
 pub mod error;
 mod health;
 mod metrics;
+pub mod routes;
 mod ttl;
 mod txn;
 mod ui;
@@ -14,19 +15,22 @@ mod watch;
 
 use std::sync::Arc;
 
+use cete_types::ErrorCode;
 use warp::filters::path::FullPath;
 use warp::{Filter, Rejection, Reply};
 
 use crate::errors::LeaderHint;
 use crate::http_server::Scheme;
-use crate::node::{Cete, Consistency};
+use crate::metrics::Metrics;
+use crate::node::{Consistency, Node};
 use error::ApiError;
 
 /// All routes of the HTTP API, with JSON errors for anything unmatched.
 pub fn routes(
-    node: Arc<Cete>,
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-    let recorder = node.clone();
+    let recorder = metrics.clone();
     let api = ui::routes()
         .or(cors::preflight(node.clone()))
         .or(data::routes(node.clone()))
@@ -35,7 +39,7 @@ pub fn routes(
         .or(watch::routes(node.clone()))
         .or(backup::routes(node.clone()))
         .or(health::routes(node.clone()))
-        .or(metrics::routes(node.clone()))
+        .or(metrics::routes(node.clone(), metrics))
         .recover(error::recover);
     warp::path::full()
         .and(cors::member_origin(node))
@@ -46,9 +50,9 @@ pub fn routes(
             response
         })
         .with(warp::log::custom(move |info| {
-            recorder.prometheus.record_request(
+            recorder.record_request(
                 info.method(),
-                info.path(),
+                routes::template(info.path()),
                 info.status(),
                 info.elapsed(),
             );
@@ -66,7 +70,7 @@ pub fn routes(
 fn with_allow(path: FullPath, reply: impl Reply) -> warp::reply::Response {
     let mut response = reply.into_response();
     if response.status() == http::StatusCode::METHOD_NOT_ALLOWED {
-        if let Some(allow) = allowed_methods(path.as_str()) {
+        if let Some(allow) = routes::allowed_methods(path.as_str()) {
             response
                 .headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
@@ -75,24 +79,9 @@ fn with_allow(path: FullPath, reply: impl Reply) -> warp::reply::Response {
     response
 }
 
-/// The methods each route answers; keep in step with the route files.
-fn allowed_methods(path: &str) -> Option<&'static str> {
-    // One table of routes: the metrics' route templates.
-    match crate::metrics::route_template(path) {
-        "/v1/data/{key}" => Some("GET, HEAD, PUT, DELETE"),
-        "/v1/cluster/{id}" => Some("PUT, DELETE"),
-        "/v1/snapshot" => Some("GET, POST"),
-        "/v1/txn" => Some("POST"),
-        // The dashboard: `/` and `/ui` redirect, `/ui/...` are its files.
-        "/" | "/ui" | "/ui/{file}" => Some("GET"),
-        crate::metrics::OTHER_ROUTE => None,
-        _ => Some("GET"),
-    }
-}
-
 pub(crate) fn with_node(
-    node: Arc<Cete>,
-) -> impl Filter<Extract = (Arc<Cete>,), Error = std::convert::Infallible> + Clone {
+    node: Arc<Node>,
+) -> impl Filter<Extract = (Arc<Node>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || node.clone())
 }
 
@@ -240,8 +229,8 @@ pub(crate) fn parse_consistency(value: Option<&str>) -> Result<Consistency, ApiE
     match value {
         None | Some("linearizable") => Ok(Consistency::Linearizable),
         Some("stale") => Ok(Consistency::Stale),
-        Some(other) => Err(ApiError::bad_request(
-            "InvalidArgument",
+        Some(other) => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
             format!("consistency must be 'linearizable' or 'stale', not '{other}'"),
         )),
     }

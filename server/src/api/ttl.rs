@@ -3,6 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::error::ApiError;
+use cete_types::ErrorCode;
 
 /// The shortest and longest time to live a key may be given.
 pub const MIN_TTL: Duration = Duration::from_millis(1);
@@ -13,8 +14,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// bounds is a 400 `InvalidTtl`.
 pub fn parse(raw: &str) -> Result<u64, ApiError> {
     let invalid = |why: String| {
-        ApiError::bad_request(
-            "InvalidTtl",
+        ApiError::new(ErrorCode::InvalidTtl,
             format!("ttl '{raw}' {why}; give a duration such as 1500ms, 30s, 2m or 1h30m, from 1ms to 365d"),
         )
     };
@@ -47,7 +47,7 @@ mod tests {
         assert_eq!(parse("365d").unwrap(), 365 * 24 * 3_600_000);
         assert_eq!(parse("1.5s").unwrap(), 1_500);
         for bad in ["", "0s", "0", "30", "-5s", "1us", "366d", "soon"] {
-            assert_eq!(parse(bad).unwrap_err().code, "InvalidTtl", "{bad}");
+            assert_eq!(parse(bad).unwrap_err().code.as_str(), "InvalidTtl", "{bad}");
         }
     }
 

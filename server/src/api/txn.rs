@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use cete_types::ErrorCode;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,15 +17,15 @@ use super::data::{check_key, json_response, DEFAULT_CONTENT_TYPE};
 use super::error::{node_error, ApiError};
 use super::{limited_body, raw_query, request_target, ttl, with_node, RequestTarget};
 use crate::errors::Error;
-use crate::node::Cete;
+use crate::node::Node;
 use crate::raft::{Command, CommandResult, Compare, GotValue, Txn, TxnOp, TxnOpResult};
-use crate::store::state_machine::now_ms;
+use cete_store::state_machine::now_ms;
 
 /// Operations in one transaction at most, compares and both branches together
 /// (etcd's default `--max-txn-ops` is 128 too).
 pub const MAX_TXN_OPS: usize = 128;
 
-pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let max_body = node.max_value_size;
     warp::path!("v1" / "txn")
         .and(warp::post())
@@ -82,7 +83,7 @@ struct KeyJson {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("InvalidTxn", message)
+    ApiError::new(ErrorCode::InvalidTxn, message)
 }
 
 fn key_of(key: String) -> Result<Vec<u8>, ApiError> {
@@ -177,8 +178,8 @@ fn ops_of(branch: &str, ops: Vec<OpJson>) -> Result<Vec<TxnOp>, ApiError> {
         };
         // One revision holds one change per key, as in etcd.
         if !matches!(op, TxnOp::Get { .. }) && !written.insert(op.key().to_vec()) {
-            return Err(ApiError::bad_request(
-                "DuplicateKey",
+            return Err(ApiError::new(
+                ErrorCode::DuplicateKey,
                 format!(
                     "{what}: key '{}' is written twice in {branch}",
                     String::from_utf8_lossy(op.key())
@@ -196,8 +197,8 @@ fn parse(body: &[u8]) -> Result<Txn, ApiError> {
         .map_err(|e| invalid(format!("the body is not a transaction: {e}")))?;
     let ops = request.compare.len() + request.success.len() + request.failure.len();
     if ops > MAX_TXN_OPS {
-        return Err(ApiError::bad_request(
-            "TooManyOperations",
+        return Err(ApiError::new(
+            ErrorCode::TooManyOperations,
             format!("the transaction has {ops} operations; the limit is {MAX_TXN_OPS}"),
         ));
     }
@@ -254,7 +255,7 @@ fn result_json(key: &[u8], result: TxnOpResult) -> Value {
     }
 }
 
-async fn txn(node: Arc<Cete>, target: RequestTarget, query: String, body: Bytes) -> Response {
+async fn txn(node: Arc<Node>, target: RequestTarget, query: String, body: Bytes) -> Response {
     if let Err(e) = super::data::parse_query(&query, &[]) {
         return e.into_response();
     }
@@ -298,7 +299,7 @@ mod tests {
     use super::*;
 
     fn code(body: &str) -> &'static str {
-        parse(body.as_bytes()).unwrap_err().code
+        parse(body.as_bytes()).unwrap_err().code.as_str()
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use cete_types::ErrorCode;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,8 +23,8 @@ use warp::{Filter, Rejection, Reply};
 use super::data::{parse_query, text_param};
 use super::error::{error_body, node_error, ApiError};
 use super::{raw_query, with_node};
-use crate::node::{watch_error, Cete};
-use crate::store::events::{Event, EventKind, Watcher};
+use crate::node::{watch_error, Node};
+use cete_store::events::{Event, EventKind, Watcher};
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -31,7 +32,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// (which decides who is too slow) sits behind this.
 const STREAM_BUFFER: usize = 16;
 
-pub fn routes(node: Arc<Cete>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "watch")
         .and(warp::get())
         .and(with_node(node))
@@ -55,8 +56,8 @@ fn start_of(
             Some(0) => None,
             Some(n) => Some(n),
             None => {
-                return Err(ApiError::bad_request(
-                    "InvalidArgument",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
                     format!(
                         "start_revision must be a whole number from 0 to {}, not '{raw}'",
                         i64::MAX
@@ -69,8 +70,8 @@ fn start_of(
         return revision(id)
             .map(|id| Some(id.saturating_add(1)))
             .ok_or_else(|| {
-                ApiError::bad_request(
-                    "InvalidArgument",
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
                     format!("Last-Event-ID must be a revision, not '{id}'"),
                 )
             });
@@ -84,7 +85,7 @@ fn revision(raw: &str) -> Option<u64> {
     raw.parse::<u64>().ok().filter(|&n| n <= i64::MAX as u64)
 }
 
-async fn watch(node: Arc<Cete>, query: String, last_event_id: Option<String>) -> Response {
+async fn watch(node: Arc<Node>, query: String, last_event_id: Option<String>) -> Response {
     // As strict as the other routes: an unknown or repeated parameter is refused; the
     // prefix is bytes, as for listings.
     let (start, prefix) = match parse_query(&query, &["prefix", "start_revision"]).and_then(|q| {
@@ -130,7 +131,7 @@ async fn forward(mut watcher: Watcher, tx: mpsc::Sender<Result<sse::Event, Infal
                 let _ = tx
                     .send(Ok(sse::Event::default()
                         .event("error")
-                        .data(body.to_string())))
+                        .data(String::from_utf8_lossy(&body.to_json()))))
                     .await;
                 return;
             }
@@ -230,11 +231,11 @@ mod tests {
         assert_eq!(start_of(Some("7"), Some("41")).unwrap(), Some(42));
         assert_eq!(start_of(None, Some(" 9 ")).unwrap(), Some(10));
         assert_eq!(
-            start_of(Some("x"), None).unwrap_err().code,
+            start_of(Some("x"), None).unwrap_err().code.as_str(),
             "InvalidArgument"
         );
         assert_eq!(
-            start_of(None, Some("-1")).unwrap_err().code,
+            start_of(None, Some("-1")).unwrap_err().code.as_str(),
             "InvalidArgument"
         );
         assert!(start_of(Some(""), None).is_err());
@@ -262,7 +263,7 @@ mod tests {
         let binary = json_of(&Event::put(5, b"k", 5, "", &[0xff, 0]));
         assert_eq!(binary["value_base64"], "/wA=");
         assert!(binary.get("value").is_none());
-        let big = vec![b'x'; crate::store::events::MAX_EVENT_VALUE + 1];
+        let big = vec![b'x'; cete_store::events::MAX_EVENT_VALUE + 1];
         let big = json_of(&Event::put(5, b"k", 5, "", &big));
         assert_eq!(big["value_omitted"], true);
         assert_eq!(

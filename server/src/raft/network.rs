@@ -126,7 +126,7 @@ pub struct PeerConnection {
     contacts: Contacts,
 }
 
-pub(crate) use crate::codec::{decode, encode};
+pub(crate) use cete_store::codec::{decode, encode};
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
 
@@ -160,7 +160,7 @@ impl PeerConnection {
             Ok(reply) => reply.into_inner(),
             Err(status) => return Err(status_to_rpc_error(status)),
         };
-        let net_err = |e: crate::codec::CodecError| RPCError::Network(NetworkError::new(&e));
+        let net_err = |e: cete_store::codec::CodecError| RPCError::Network(NetworkError::new(&e));
         if !reply.error.is_empty() {
             let err: RaftError<NodeId, E> = decode(&reply.error).map_err(net_err)?;
             return Err(RPCError::RemoteError(RemoteError::new_with_node(

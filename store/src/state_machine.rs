@@ -29,8 +29,8 @@ use super::events::{self, Event, EventHub, WatchError, Watcher};
 use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_EXPIRY, CF_META};
-use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use crate::raft::{
+use crate::command::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use crate::command::{
     Command, CommandResult, Compare, GotValue, Precondition, ProposalResult, SnapshotData, Txn,
     TxnOp, TxnOpResult, TypeConfig,
 };
@@ -42,9 +42,9 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_INSTALL_PENDING: &[u8] = b"install_pending";
 
-/// Every key sorts below this: keys are at most [`crate::MAX_KEY_LEN`] bytes.
+/// Every key sorts below this: keys are at most [`cete_types::MAX_KEY_LEN`] bytes.
 fn key_space_end() -> Vec<u8> {
-    vec![0xff; crate::MAX_KEY_LEN + 1]
+    vec![0xff; cete_types::MAX_KEY_LEN + 1]
 }
 
 /// The snapshot currently on disk, as recorded in the meta column family.
@@ -1138,7 +1138,7 @@ mod tests {
     fn batch_entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Normal(crate::raft::Proposal { commands }),
+            payload: EntryPayload::Normal(crate::command::Proposal { commands }),
         }
     }
 
@@ -1163,7 +1163,7 @@ mod tests {
     }
 
     async fn open_sm(dir: &Path) -> StateMachine {
-        let (_, sm) = crate::store::open(dir).await.unwrap();
+        let (_, sm) = crate::open(dir).await.unwrap();
         sm
     }
 
@@ -1485,7 +1485,7 @@ mod tests {
         assert_eq!(keys, vec![b"later".to_vec(), b"renewed".to_vec()]);
         // Only "gone" is due; "renewed" left no index entry behind.
         let due = reader
-            .due(None, crate::store::state_machine::now_ms(), 10)
+            .due(None, crate::state_machine::now_ms(), 10)
             .await
             .unwrap();
         assert_eq!(due, vec![(b"gone".to_vec(), PAST + 1)]);
@@ -1525,7 +1525,7 @@ mod tests {
             ]
         );
         let change = watch.next().await.unwrap();
-        assert_eq!(change[0].kind, crate::store::events::EventKind::Expire);
+        assert_eq!(change[0].kind, crate::events::EventKind::Expire);
         assert_eq!(change[0].key, b"gone");
         assert!(
             reader.due(None, u64::MAX - 1, 10).await.unwrap().len() == 1,
@@ -1578,7 +1578,7 @@ mod tests {
         .iter()
         .map(|c| (c[0].revision, c[0].kind, c[0].create_revision))
         .collect();
-        use crate::store::events::EventKind;
+        use crate::events::EventKind;
         assert_eq!(
             kinds,
             vec![
@@ -1694,7 +1694,7 @@ mod tests {
             .iter()
             .map(|e| (e.revision, e.kind, e.key.clone()))
             .collect();
-        use crate::store::events::EventKind;
+        use crate::events::EventKind;
         assert_eq!(
             seen,
             vec![

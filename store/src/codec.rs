@@ -42,7 +42,7 @@ pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{Command, Precondition, Proposal};
+    use crate::command::{Command, Precondition, Proposal};
 
     #[test]
     fn round_trips_and_refuses_other_formats() {

@@ -18,8 +18,8 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_LOGS, CF_RAFT};
-use crate::raft::typ::{Entry, LogId, StorageError, Vote};
-use crate::raft::TypeConfig;
+use crate::command::typ::{Entry, LogId, StorageError, Vote};
+use crate::command::TypeConfig;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";

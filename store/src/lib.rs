@@ -1,5 +1,10 @@
 //! RocksDB storage of one node: the Raft log and vote (`log`), the key-value
-//! state machine (`state_machine`) and snapshot files (`snapshot`).
+//! state machine (`state_machine`) and snapshot files (`snapshot`), with what
+//! the log carries (`command`) and how records are encoded (`codec`).
+//!
+//! A crate of its own so that the compiler keeps storage from reaching up:
+//! it depends on `cete-types` and openraft, never on the node, the API,
+//! metrics or configuration.
 //!
 //! One database per node, one column family per role:
 //! - `logs`: Raft entries keyed by big-endian u64 index, so iteration is in log order;
@@ -10,11 +15,17 @@
 //! - `expiry`: an index of the keys that expire, keyed by big-endian deadline and key, so
 //!   the leader finds the due ones in order (derived from `data`: snapshots do not carry it).
 
+// openraft's storage traits return its StorageError by value; it is large by design.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
+pub mod command;
 pub mod events;
 pub mod log;
 pub mod restore;
 pub mod snapshot;
 pub mod state_machine;
+pub mod stats;
 pub mod value;
 
 use std::path::{Path, PathBuf};
@@ -23,10 +34,9 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, DB};
 use thiserror::Error;
 
-use crate::metrics::SnapshotMetrics;
-
 pub use self::log::LogStore;
 pub use self::state_machine::StateMachine;
+pub use self::stats::SnapshotMetrics;
 
 pub const CF_LOGS: &str = "logs";
 pub const CF_RAFT: &str = "raft";
@@ -304,7 +314,7 @@ pub(crate) fn io_err(
     subject: openraft::ErrorSubject<u64>,
     verb: openraft::ErrorVerb,
     e: impl std::error::Error + 'static,
-) -> crate::raft::typ::StorageError {
+) -> crate::command::typ::StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
 }
 

@@ -73,7 +73,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub(crate) fn put(
+    pub fn put(
         revision: u64,
         key: &[u8],
         create_revision: u64,
@@ -91,11 +91,11 @@ impl Event {
         }
     }
 
-    pub(crate) fn delete(revision: u64, key: &[u8]) -> Event {
+    pub fn delete(revision: u64, key: &[u8]) -> Event {
         Event::removal(revision, key, EventKind::Delete)
     }
 
-    pub(crate) fn expire(revision: u64, key: &[u8]) -> Event {
+    pub fn expire(revision: u64, key: &[u8]) -> Event {
         Event::removal(revision, key, EventKind::Expire)
     }
 

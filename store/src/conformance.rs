@@ -4,8 +4,8 @@ use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
 use super::{LogStore, StateMachine};
-use crate::raft::typ::StorageError;
-use crate::raft::TypeConfig;
+use crate::command::typ::StorageError;
+use crate::command::TypeConfig;
 
 struct RocksBuilder;
 

@@ -20,10 +20,12 @@ use std::path::{Path, PathBuf};
 use openraft::Membership;
 use thiserror::Error;
 
+use cete_types::backup::FormatError;
+
 use super::snapshot::{self, SnapshotError};
 use super::{log, state_machine, Db, StoreError};
-use crate::raft::typ::{LogId, StoredMembership, Vote};
-use crate::raft::{NodeId, NodeInfo};
+use crate::command::typ::{LogId, StoredMembership, Vote};
+use crate::command::{NodeId, NodeInfo};
 
 /// Present in a data directory while a restore writes it.
 pub const RESTORE_MARKER: &str = "RESTORING";
@@ -182,7 +184,9 @@ fn fill(
     // fails its checksum now, and the marker keeps the result from starting.
     let keys = state_machine::restore_from_backup(&db, backup, last, revision, membership)
         .map_err(|e| match e {
-            SnapshotError::Io(io) => FillError::Store(io.to_string()),
+            SnapshotError::Io(io) | SnapshotError::Format(FormatError::Io(io)) => {
+                FillError::Store(io.to_string())
+            }
             other => FillError::Backup(other),
         })?;
     log::write_restored_state(&db, last, Vote::new(last.leader_id.term, id))?;

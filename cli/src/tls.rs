@@ -34,14 +34,16 @@ impl Pin {
     /// does not matter: only these exact bytes pass, and webpki is asked first.
     fn of(certs: &[CertificateDer<'static>]) -> Option<Pin> {
         let [der] = certs else { return None };
-        let cert = der::fields(der)?;
-        if cert.subject != cert.issuer {
+        // x509-parser reads the names and dates, which rustls and webpki do not show.
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        if cert.subject() != cert.issuer() {
             return None;
         }
+        let validity = cert.validity();
         Some(Pin {
             der: der.clone(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
+            not_before: u64::try_from(validity.not_before.timestamp()).ok()?,
+            not_after: u64::try_from(validity.not_after.timestamp()).ok()?,
         })
     }
 
@@ -209,94 +211,6 @@ pub fn explain(url: &Url, detail: String) -> String {
         );
     }
     detail
-}
-
-/// The few fields of an X.509 certificate that a pin needs, read from its DER by hand: the
-/// crates that parse certificates fully are not in this build (and would bring their own
-/// proc-macros, which rebuild RocksDB's build script).
-mod der {
-    /// Issuer and subject (their DER contents) and validity, in seconds since the epoch.
-    pub struct Fields<'a> {
-        pub issuer: &'a [u8],
-        pub subject: &'a [u8],
-        pub not_before: u64,
-        pub not_after: u64,
-    }
-
-    /// One DER element: its tag, its contents and what follows it.
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0, |acc, b| acc << 8 | usize::from(*b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-
-    pub fn fields(der: &[u8]) -> Option<Fields<'_>> {
-        let (0x30, cert, _) = tlv(der)? else {
-            return None;
-        };
-        let (0x30, tbs, _) = tlv(cert)? else {
-            return None;
-        };
-        let (tag, _, rest) = tlv(tbs)?;
-        // [0] version, then the serial number; or the serial number alone (v1).
-        let rest = if tag == 0xa0 { tlv(rest)?.2 } else { rest };
-        let (_, _, rest) = tlv(rest)?; // the signature algorithm
-        let (0x30, issuer, rest) = tlv(rest)? else {
-            return None;
-        };
-        let (0x30, validity, rest) = tlv(rest)? else {
-            return None;
-        };
-        let (0x30, subject, _) = tlv(rest)? else {
-            return None;
-        };
-        let (tag, before, rest) = tlv(validity)?;
-        let not_before = time(tag, before)?;
-        let (tag, after, _) = tlv(rest)?;
-        Some(Fields {
-            issuer,
-            subject,
-            not_before,
-            not_after: time(tag, after)?,
-        })
-    }
-
-    /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as DER writes them.
-    fn time(tag: u8, text: &[u8]) -> Option<u64> {
-        let digits = text.strip_suffix(b"Z")?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let num = |s: &[u8]| s.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-        let (year, rest) = match (tag, digits.len()) {
-            (0x17, 12) => {
-                let yy = num(&digits[..2]);
-                (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
-            }
-            (0x18, 14) => (num(&digits[..4]), &digits[4..]),
-            _ => return None,
-        };
-        let [month, day, hour, minute, second] = [0, 2, 4, 6, 8].map(|i| num(&rest[i..i + 2]));
-        // Days from the civil date (H. Hinnant's algorithm).
-        let y = if month <= 2 { year - 1 } else { year };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-        u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
-    }
 }
 
 #[cfg(test)]

@@ -174,25 +174,36 @@ pub struct Pinned {
 impl Pinned {
     /// The pin for `der` if it is a self-signed certificate whose common name is `name`.
     fn new(der: &CertificateDer<'static>, name: &str) -> Result<Pinned, String> {
-        let cert = der::fields(der).ok_or("unreadable certificate")?;
-        if cert.subject != cert.issuer {
+        // rustls and webpki show nothing of a certificate's names or dates; x509-parser reads
+        // them, so that server and CLI need no DER reader of their own.
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|_| "unreadable certificate")?;
+        if cert.subject() != cert.issuer() {
             return Err(
                 "the certificate is a CA certificate (basicConstraints CA:TRUE) that \
                         is not self-signed"
                     .into(),
             );
         }
-        let cn = der::common_name(cert.subject);
+        // The first common name, of any string type that is UTF-8.
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| std::str::from_utf8(cn.as_slice()).ok());
         if cn != Some(name) {
             return Err(format!(
                 "the certificate is not valid for the common name: its CN is {}",
                 cn.unwrap_or("missing")
             ));
         }
+        let secs = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp()).map_err(|_| "unreadable certificate")
+        };
         Ok(Pinned {
             der: der.clone(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
+            not_before: secs(cert.validity().not_before)?,
+            not_after: secs(cert.validity().not_after)?,
             algorithms: provider().signature_verification_algorithms,
         })
     }
@@ -629,108 +640,6 @@ impl ClientTls {
     }
 }
 
-/// The few fields of an X.509 certificate that a pin needs, read from its DER by hand: the
-/// crates that parse certificates fully are not in this build (and would bring their own
-/// proc-macros, which rebuild RocksDB's build script).
-mod der {
-    /// Issuer and subject (their DER contents) and validity, in seconds since the epoch.
-    pub(super) struct Fields<'a> {
-        pub(super) issuer: &'a [u8],
-        pub(super) subject: &'a [u8],
-        pub(super) not_before: u64,
-        pub(super) not_after: u64,
-    }
-
-    /// One DER element: its tag, its contents and what follows it.
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0, |acc, b| acc << 8 | usize::from(*b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-
-    pub(super) fn fields(der: &[u8]) -> Option<Fields<'_>> {
-        let (0x30, cert, _) = tlv(der)? else {
-            return None;
-        };
-        let (0x30, tbs, _) = tlv(cert)? else {
-            return None;
-        };
-        let (tag, _, rest) = tlv(tbs)?;
-        // [0] version, then the serial number; or the serial number alone (v1).
-        let rest = if tag == 0xa0 { tlv(rest)?.2 } else { rest };
-        let (_, _, rest) = tlv(rest)?; // the signature algorithm
-        let (0x30, issuer, rest) = tlv(rest)? else {
-            return None;
-        };
-        let (0x30, validity, rest) = tlv(rest)? else {
-            return None;
-        };
-        let (0x30, subject, _) = tlv(rest)? else {
-            return None;
-        };
-        let (tag, before, rest) = tlv(validity)?;
-        let not_before = time(tag, before)?;
-        let (tag, after, _) = tlv(rest)?;
-        Some(Fields {
-            issuer,
-            subject,
-            not_before,
-            not_after: time(tag, after)?,
-        })
-    }
-
-    /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as DER writes them.
-    fn time(tag: u8, text: &[u8]) -> Option<u64> {
-        let digits = text.strip_suffix(b"Z")?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let num = |s: &[u8]| s.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-        let (year, rest) = match (tag, digits.len()) {
-            (0x17, 12) => {
-                let yy = num(&digits[..2]);
-                (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
-            }
-            (0x18, 14) => (num(&digits[..4]), &digits[4..]),
-            _ => return None,
-        };
-        let [month, day, hour, minute, second] = [0, 2, 4, 6, 8].map(|i| num(&rest[i..i + 2]));
-        // Days from the civil date (H. Hinnant's algorithm).
-        let y = if month <= 2 { year - 1 } else { year };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-        u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
-    }
-    /// The subject's first common name, if it is a string.
-    pub(super) fn common_name(subject: &[u8]) -> Option<&str> {
-        let mut rdns = subject;
-        while !rdns.is_empty() {
-            let (_, set, rest) = tlv(rdns)?;
-            rdns = rest;
-            let (_, attribute, _) = tlv(set)?;
-            let (_, oid, value) = tlv(attribute)?;
-            if oid == [0x55, 0x04, 0x03] {
-                return std::str::from_utf8(tlv(value)?.1).ok();
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -900,10 +809,9 @@ mod tests {
         let own = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
         let other = CertificateDer::from_pem_slice(other_pem.as_bytes()).unwrap();
         let now = UnixTime::now();
-        let pin = der::fields(&own).unwrap();
+        let pin = Pinned::new(&own, "localhost").unwrap();
         assert_eq!(pin.not_before, 157_766_400, "rcgen's default: 1975-01-01");
         assert_eq!(pin.not_after, 67_090_118_400, "rcgen's default: 4096-01-01");
-        assert_eq!(der::common_name(pin.subject), Some("localhost"));
         let verifier = &config.client_verifier;
         assert!(verifier.verify_client_cert(&own, &[], now).is_ok());
         assert!(verifier.verify_client_cert(&other, &[], now).is_err());

@@ -16,6 +16,7 @@ pub mod faults;
 pub mod http_server;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod raft;
 pub mod store;
@@ -99,7 +100,7 @@ fn advertised(configured: &str, bound: SocketAddr, advertise_host: Option<&str>)
 
 async fn bind(setting: &str, address: &str) -> anyhow::Result<TcpListener> {
     let addr =
-        config::listen_addr(address).map_err(|e| anyhow::anyhow!("{setting} {address}: {e}"))?;
+        net::listen_addr(address).map_err(|e| anyhow::anyhow!("{setting} {address}: {e}"))?;
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {setting} {address}"))

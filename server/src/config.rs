@@ -8,13 +8,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
 use crate::logging::{parse_level, LogSettings};
+use crate::net::split_host_port;
+use crate::tls::TlsSettings;
 
 /// Default size limit for one value, in bytes.
 pub const DEFAULT_MAX_VALUE_SIZE: u64 = 4 * 1024 * 1024;
@@ -66,27 +68,14 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
 }
 
-/// Where the TLS material is, as configured; the files are read and checked at start
-/// (see [`crate::tls::TlsConfig::load`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// PEM certificate chain of this node (`--certificate-file`), leaf first.
-    pub certificate_file: PathBuf,
-    /// PEM private key of that certificate (`--key-file`).
-    pub key_file: PathBuf,
-    /// PEM CA certificates that peers' certificates must chain to (`--ca-file`);
-    /// `None` trusts the certificate file itself (one self-signed certificate for all nodes).
-    pub ca_file: Option<PathBuf>,
-    /// Name peers' certificates must carry (`--common-name`); `None` takes the first DNS name
-    /// of this node's certificate.
-    pub common_name: Option<String>,
-}
-
 /// Command-line flags of `cete-server` (and `cete start`).
 ///
-/// Every field is an optional raw string with no clap default and no clap `env`, so that a
-/// value here means "given on the command line" and validation happens in one place for all
-/// sources. Defaults and env vars are listed in the help text by hand for that reason.
+/// Every field is a raw string with no clap `env`, so that validation happens in one place
+/// for all sources; env vars are listed in the help text by hand for that reason. A clap
+/// `default_value` is the one place a default is written: [`Config::load_from`] asks clap
+/// which values came from the command line, lets env and file fill the rest, and takes
+/// clap's default last. Defaults computed at start (from the ID or the certificate) are
+/// described in the help text instead.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "cete-server", version, about = env!("CARGO_PKG_DESCRIPTION"), long_about = None)]
 pub struct ServerArgs {
@@ -94,70 +83,93 @@ pub struct ServerArgs {
     /// [env: CETE_CONFIG_FILE]
     #[arg(long, value_name = "PATH")]
     pub config_file: Option<String>,
-    /// Node ID [default: node1] [env: CETE_ID]
-    #[arg(long, value_name = "ID")]
-    pub id: Option<String>,
-    /// Raft listen address [default: :7000] [env: CETE_RAFT_ADDRESS]
-    #[arg(long, visible_alias = "bind-addr", value_name = "ADDR")]
-    pub raft_address: Option<String>,
-    /// gRPC listen address [default: :9000] [env: CETE_GRPC_ADDRESS]
-    #[arg(long, visible_alias = "grpc-addr", value_name = "ADDR")]
-    pub grpc_address: Option<String>,
-    /// HTTP listen address [default: :8000] [env: CETE_HTTP_ADDRESS]
-    #[arg(long, visible_alias = "http-addr", value_name = "ADDR")]
-    pub http_address: Option<String>,
-    /// Host other nodes dial when an address has no host, like ":7000" [default: 127.0.0.1]
-    /// [env: CETE_ADVERTISE_HOST]
+    /// Node ID [env: CETE_ID]
+    #[arg(long, value_name = "ID", default_value = "node1")]
+    pub id: String,
+    /// Raft listen address [env: CETE_RAFT_ADDRESS]
+    #[arg(
+        long,
+        visible_alias = "bind-addr",
+        value_name = "ADDR",
+        default_value = ":7000"
+    )]
+    pub raft_address: String,
+    /// gRPC listen address [env: CETE_GRPC_ADDRESS]
+    #[arg(
+        long,
+        visible_alias = "grpc-addr",
+        value_name = "ADDR",
+        default_value = ":9000"
+    )]
+    pub grpc_address: String,
+    /// HTTP listen address [env: CETE_HTTP_ADDRESS]
+    #[arg(
+        long,
+        visible_alias = "http-addr",
+        value_name = "ADDR",
+        default_value = ":8000"
+    )]
+    pub http_address: String,
+    /// Host other nodes dial when an address has no host, like ":7000"
+    /// [env: CETE_ADVERTISE_HOST] [default: 127.0.0.1]
     #[arg(long, value_name = "HOST")]
     pub advertise_host: Option<String>,
-    /// Data directory for the key-value data and Raft log [default: ./cete-data/<id>]
-    /// [env: CETE_DATA_DIRECTORY]
+    /// Data directory for the key-value data and Raft log
+    /// [env: CETE_DATA_DIRECTORY] [default: ./cete-data/<id>]
     #[arg(long, visible_alias = "data-dir", value_name = "DIR")]
     pub data_directory: Option<String>,
     /// gRPC address of an existing member to join; empty bootstraps a new cluster
     /// [env: CETE_PEER_GRPC_ADDRESS]
     #[arg(long, visible_alias = "peer-grpc-addr", value_name = "ADDR")]
     pub peer_grpc_address: Option<String>,
-    /// Log level: error, warn, info, debug, trace or off [default: info] [env: CETE_LOG_LEVEL]
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// Log file; empty or /dev/stderr for stderr, /dev/stdout for stdout [default: stderr]
-    /// [env: CETE_LOG_FILE]
+    /// Log level: error, warn, info, debug, trace or off [env: CETE_LOG_LEVEL]
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log file; empty or /dev/stderr for stderr, /dev/stdout for stdout
+    /// [env: CETE_LOG_FILE] [default: stderr]
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<String>,
-    /// Rotate the log file beyond this many megabytes [default: 500] [env: CETE_LOG_MAX_SIZE]
-    #[arg(long, value_name = "MB")]
-    pub log_max_size: Option<String>,
-    /// Rotated log files to keep, 0 for all [default: 3] [env: CETE_LOG_MAX_BACKUPS]
-    #[arg(long, value_name = "N")]
-    pub log_max_backups: Option<String>,
-    /// Days to keep rotated log files, 0 for ever [default: 30] [env: CETE_LOG_MAX_AGE]
-    #[arg(long, value_name = "DAYS")]
-    pub log_max_age: Option<String>,
-    /// Gzip rotated log files (--log-compress or --log-compress=false) [default: false]
+    /// Rotate the log file beyond this many megabytes [env: CETE_LOG_MAX_SIZE]
+    #[arg(long, value_name = "MB", default_value = "500")]
+    pub log_max_size: String,
+    /// Rotated log files to keep, 0 for all [env: CETE_LOG_MAX_BACKUPS]
+    #[arg(long, value_name = "N", default_value = "3")]
+    pub log_max_backups: String,
+    /// Days to keep rotated log files, 0 for ever [env: CETE_LOG_MAX_AGE]
+    #[arg(long, value_name = "DAYS", default_value = "30")]
+    pub log_max_age: String,
+    /// Gzip rotated log files (--log-compress or --log-compress=false)
     /// [env: CETE_LOG_COMPRESS]
     #[arg(
         long,
         value_name = "BOOL",
         num_args = 0..=1,
         require_equals = true,
+        default_value = "false",
         default_missing_value = "true"
     )]
-    pub log_compress: Option<String>,
-    /// Raft log entries between snapshots [default: 10000] [env: CETE_SNAPSHOT_THRESHOLD]
-    #[arg(long, value_name = "N")]
-    pub snapshot_threshold: Option<String>,
-    /// Largest accepted value in bytes [default: 4194304] [env: CETE_MAX_VALUE_SIZE]
-    #[arg(long, value_name = "BYTES")]
-    pub max_value_size: Option<String>,
-    /// Revisions of change history kept so watches can resume [default: 100000]
-    /// [env: CETE_WATCH_HISTORY]
-    #[arg(long, value_name = "N")]
-    pub watch_history: Option<String>,
+    pub log_compress: String,
+    /// Raft log entries between snapshots [env: CETE_SNAPSHOT_THRESHOLD]
+    #[arg(long, value_name = "N", default_value = "10000")]
+    pub snapshot_threshold: String,
+    /// Largest accepted value in bytes [env: CETE_MAX_VALUE_SIZE]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_VALUE_SIZE.to_string())]
+    pub max_value_size: String,
+    /// Revisions of change history kept so watches can resume [env: CETE_WATCH_HISTORY]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = cete_store::events::DEFAULT_WATCH_HISTORY.to_string()
+    )]
+    pub watch_history: String,
     /// How often the leader looks for keys past their deadline, such as 100ms or 1s
-    /// [default: 100ms] [env: CETE_EXPIRY_INTERVAL]
-    #[arg(long, value_name = "DURATION")]
-    pub expiry_interval: Option<String>,
+    /// [env: CETE_EXPIRY_INTERVAL]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value_t = humantime::format_duration(DEFAULT_EXPIRY_INTERVAL).to_string()
+    )]
+    pub expiry_interval: String,
     /// Start a new one-node cluster from this backup (`cete snapshot save`); the data
     /// directory must be empty; not with --peer-grpc-address [env: CETE_RESTORE]
     #[arg(long, value_name = "FILE")]
@@ -170,11 +182,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<String>,
     /// PEM CA certificates that peers' certificates must chain to
-    /// [default: the certificate file] [env: CETE_CA_FILE]
+    /// [env: CETE_CA_FILE] [default: the certificate file]
     #[arg(long, value_name = "PATH")]
     pub ca_file: Option<String>,
     /// Name that peers' certificates must be valid for
-    /// [default: the first DNS name of the certificate] [env: CETE_COMMON_NAME]
+    /// [env: CETE_COMMON_NAME] [default: the first DNS name of the certificate]
     #[arg(long, visible_alias = "cert-hostname", value_name = "NAME")]
     pub common_name: Option<String>,
 }
@@ -244,6 +256,8 @@ pub enum Source {
     Env,
     /// The config file at this path.
     File(PathBuf),
+    /// The clap `default_value` of the flag.
+    Default,
 }
 
 impl fmt::Display for Source {
@@ -252,6 +266,7 @@ impl fmt::Display for Source {
             Source::Flag => f.write_str("from the command line"),
             Source::Env => f.write_str("from the environment"),
             Source::File(p) => write!(f, "from config file {}", p.display()),
+            Source::Default => f.write_str("from the built-in default"),
         }
     }
 }
@@ -324,26 +339,33 @@ impl Config {
         home: Option<PathBuf>,
         etc_dir: PathBuf,
     ) -> Result<Config, ConfigError> {
-        let args = ServerArgs::try_parse_from(args)?;
+        let matches = ServerArgs::command().try_get_matches_from(args)?;
+        let args = ServerArgs::from_arg_matches(&matches)?;
         let config_file = find_config_file(&args, env, home.as_deref(), &etc_dir)?;
         let file = match &config_file {
             Some(path) => file_layer(path)?,
             None => Layer::new(),
         };
-        let merged = merge([flag_layer(&args), env_layer(env), file]);
+        let merged = merge([
+            flag_layer(&matches),
+            env_layer(env),
+            file,
+            default_layer(&matches),
+        ]);
         resolve(&merged, config_file)
     }
 
     /// A single-node config for tests: the given addresses (use real free ports; port 0 would
     /// leave peers nothing to dial) and data directory, defaults for everything else.
     pub fn for_tests(id: &str, raft: &str, grpc: &str, http: &str, dir: &Path) -> Config {
+        let no_flags = ServerArgs::command().get_matches_from(["cete-server"]);
         Config {
             id: id.to_string(),
             raft_address: raft.to_string(),
             grpc_address: grpc.to_string(),
             http_address: http.to_string(),
             data_directory: dir.to_path_buf(),
-            ..resolve(&Layer::new(), None).expect("defaults are valid")
+            ..resolve(&default_layer(&no_flags), None).expect("defaults are valid")
         }
     }
 
@@ -360,43 +382,24 @@ impl Config {
     }
 }
 
-/// Layer 1: settings given on the command line.
-fn flag_layer(args: &ServerArgs) -> Layer {
-    let given = [
-        ("id", &args.id),
-        ("raft_address", &args.raft_address),
-        ("grpc_address", &args.grpc_address),
-        ("http_address", &args.http_address),
-        ("advertise_host", &args.advertise_host),
-        ("data_directory", &args.data_directory),
-        ("peer_grpc_address", &args.peer_grpc_address),
-        ("log_level", &args.log_level),
-        ("log_file", &args.log_file),
-        ("log_max_size", &args.log_max_size),
-        ("log_max_backups", &args.log_max_backups),
-        ("log_max_age", &args.log_max_age),
-        ("log_compress", &args.log_compress),
-        ("snapshot_threshold", &args.snapshot_threshold),
-        ("max_value_size", &args.max_value_size),
-        ("watch_history", &args.watch_history),
-        ("expiry_interval", &args.expiry_interval),
-        ("restore", &args.restore),
-        ("certificate_file", &args.certificate_file),
-        ("key_file", &args.key_file),
-        ("ca_file", &args.ca_file),
-        ("common_name", &args.common_name),
-    ];
-    given
-        .into_iter()
-        .filter_map(|(key, value)| {
-            let value = value.clone()?;
-            Some((
-                key,
-                Given {
-                    value,
-                    source: Source::Flag,
-                },
-            ))
+/// Layer 1: settings given on the command line (not clap's defaults: those come last).
+fn flag_layer(matches: &ArgMatches) -> Layer {
+    clap_layer(matches, ValueSource::CommandLine, Source::Flag)
+}
+
+/// Layer 4: the clap `default_value` of every flag that has one and was not given.
+fn default_layer(matches: &ArgMatches) -> Layer {
+    clap_layer(matches, ValueSource::DefaultValue, Source::Default)
+}
+
+/// The values of `matches` that came from `from`, as `source`.
+fn clap_layer(matches: &ArgMatches, from: ValueSource, source: Source) -> Layer {
+    KEYS.iter()
+        .filter(|&&key| matches.value_source(key) == Some(from))
+        .filter_map(|&key| {
+            let value = matches.get_one::<String>(key)?.clone();
+            let source = source.clone();
+            Some((key, Given { value, source }))
         })
         .collect()
 }
@@ -517,9 +520,11 @@ fn merge<const N: usize>(layers: [Layer; N]) -> Layer {
     merged
 }
 
-/// Parses the merged raw settings into a [`Config`], filling in defaults.
+/// Parses the merged raw settings into a [`Config`]; `raw` includes the default layer, and
+/// only the computed defaults (data directory, and in [`crate::tls`] the CA file and common
+/// name) are filled in here.
 fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigError> {
-    let id = setting(raw, "id", parse_id)?.unwrap_or_else(|| "node1".to_string());
+    let id = defaulted(raw, "id", parse_id)?;
     let data_directory = setting(raw, "data_directory", parse_non_empty)?
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(".").join("cete-data").join(&id));
@@ -537,41 +542,34 @@ fn resolve(raw: &Layer, config_file: Option<PathBuf>) -> Result<Config, ConfigEr
         )));
     }
     Ok(Config {
-        raft_address: setting(raw, "raft_address", parse_address)?.unwrap_or(":7000".into()),
-        grpc_address: setting(raw, "grpc_address", parse_address)?.unwrap_or(":9000".into()),
-        http_address: setting(raw, "http_address", parse_address)?.unwrap_or(":8000".into()),
+        raft_address: defaulted(raw, "raft_address", parse_address)?,
+        grpc_address: defaulted(raw, "grpc_address", parse_address)?,
+        http_address: defaulted(raw, "http_address", parse_address)?,
         advertise_host: setting(raw, "advertise_host", parse_host)?.flatten(),
         peer_grpc_address,
-        log_level: setting(raw, "log_level", parse_log_level)?.unwrap_or("info".into()),
+        log_level: defaulted(raw, "log_level", parse_log_level)?,
         log_file: setting(raw, "log_file", |v| Ok(PathBuf::from(v)))?
             .filter(|p| !p.as_os_str().is_empty()),
-        log_max_size: setting(raw, "log_max_size", |v| {
+        log_max_size: defaulted(raw, "log_max_size", |v| {
             parse_at_least(v, 1, "a whole number of megabytes")
-        })?
-        .unwrap_or(500),
-        log_max_backups: setting(raw, "log_max_backups", |v| {
+        })?,
+        log_max_backups: defaulted(raw, "log_max_backups", |v| {
             parse_u32(v, "a whole number of files (0 keeps all)")
-        })?
-        .unwrap_or(3),
-        log_max_age: setting(raw, "log_max_age", |v| {
+        })?,
+        log_max_age: defaulted(raw, "log_max_age", |v| {
             parse_u32(v, "a whole number of days (0 for no limit)")
-        })?
-        .unwrap_or(30),
-        log_compress: setting(raw, "log_compress", parse_bool)?.unwrap_or(false),
-        snapshot_threshold: setting(raw, "snapshot_threshold", |v| {
+        })?,
+        log_compress: defaulted(raw, "log_compress", parse_bool)?,
+        snapshot_threshold: defaulted(raw, "snapshot_threshold", |v| {
             parse_at_least(v, 1, "a whole number of log entries")
-        })?
-        .unwrap_or(10_000),
-        max_value_size: setting(raw, "max_value_size", |v| {
+        })?,
+        max_value_size: defaulted(raw, "max_value_size", |v| {
             parse_at_least(v, 1, "a whole number of bytes")
-        })?
-        .unwrap_or(DEFAULT_MAX_VALUE_SIZE),
-        watch_history: setting(raw, "watch_history", |v| {
+        })?,
+        watch_history: defaulted(raw, "watch_history", |v| {
             parse_at_least(v, 1, "a whole number of revisions")
-        })?
-        .unwrap_or(cete_store::events::DEFAULT_WATCH_HISTORY),
-        expiry_interval: setting(raw, "expiry_interval", parse_interval)?
-            .unwrap_or(DEFAULT_EXPIRY_INTERVAL),
+        })?,
+        expiry_interval: defaulted(raw, "expiry_interval", parse_interval)?,
         tls: resolve_tls(raw)?,
         id,
         data_directory,
@@ -652,6 +650,16 @@ fn setting<T>(
             expected,
             origin: given.source.clone(),
         })
+}
+
+/// Parses a setting that has a clap `default_value`, so the default layer always holds it.
+fn defaulted<T>(
+    raw: &Layer,
+    key: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let parsed = setting(raw, key, parse)?;
+    Ok(parsed.unwrap_or_else(|| panic!("{} has no clap default_value", flag_name(key))))
 }
 
 /// IDs become the default data directory name, so they must be a plain path component.
@@ -752,63 +760,9 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-/// Splits `host:port` or `:port` (IPv6 hosts in brackets); the host may be empty.
-fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
-    let expected = || "expected host:port or :port with a port from 0 to 65535".to_string();
-    let (host, port) = addr.rsplit_once(':').ok_or_else(expected)?;
-    let port: u16 = port.parse().map_err(|_| expected())?;
-    let host = match host.strip_prefix('[') {
-        Some(rest) => rest.strip_suffix(']').ok_or_else(expected)?,
-        None if host.contains(':') => return Err(expected()),
-        None => host,
-    };
-    if host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(expected());
-    }
-    Ok((host, port))
-}
-
-/// The socket address to bind for a configured address: `:7000` listens on all IPv4
-/// interfaces; a name is resolved, preferring IPv4 (peers dial `127.0.0.1` for `:port`).
-pub fn listen_addr(addr: &str) -> Result<SocketAddr, String> {
-    let (host, port) = split_host_port(addr).map_err(|e| format!("{addr:?}: {e}"))?;
-    if host.is_empty() {
-        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
-    }
-    let resolved: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
-        .collect();
-    resolved
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(resolved.first())
-        .copied()
-        .ok_or_else(|| format!("{addr:?} resolves to no address"))
-}
-
-/// The address other nodes should dial for a configured address. A missing or wildcard host
-/// (`:7000`, `0.0.0.0:7000`, `[::]:7000`) is replaced by `advertise_host`, or `127.0.0.1` when
-/// that is not set; anything else is returned unchanged.
-pub fn dial_addr(addr: &str, advertise_host: Option<&str>) -> String {
-    let Ok((host, port)) = split_host_port(addr) else {
-        return addr.to_string();
-    };
-    if !(host.is_empty() || host == "0.0.0.0" || host == "::") {
-        return addr.to_string();
-    }
-    let host = advertise_host.unwrap_or("127.0.0.1");
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// A test world: a temp dir holding an `etc` dir and a `home` dir, plus an env map.
     struct World {
@@ -869,7 +823,90 @@ mod tests {
         assert_eq!(c.snapshot_threshold, 10_000);
         assert_eq!(c.max_value_size, 4 * 1024 * 1024);
         assert_eq!(c.watch_history, 100_000);
+        assert_eq!(c.expiry_interval, std::time::Duration::from_millis(100));
+        assert_eq!(c.tls, None);
         assert_eq!(c.config_file, None);
+    }
+
+    /// Each clap default is shown by `--help` on its own flag's entry, and loading with no
+    /// flags gives the same config as passing every default explicitly.
+    #[test]
+    fn help_shows_each_default_and_no_flags_loads_them() {
+        let command = ServerArgs::command();
+        let defaults: Vec<(String, String)> = command
+            .get_arguments()
+            .filter_map(|a| {
+                let [value] = a.get_default_values() else {
+                    return None;
+                };
+                Some((a.get_long()?.to_string(), value.to_str()?.to_string()))
+            })
+            .collect();
+        let shown: Vec<&str> = defaults.iter().map(|(flag, _)| flag.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "id",
+                "raft-address",
+                "grpc-address",
+                "http-address",
+                "log-level",
+                "log-max-size",
+                "log-max-backups",
+                "log-max-age",
+                "log-compress",
+                "snapshot-threshold",
+                "max-value-size",
+                "watch-history",
+                "expiry-interval",
+            ]
+        );
+
+        // One entry per flag: its heading line (six spaces, then the flag) and the wrapped
+        // lines under it, joined into one line.
+        let help = command.clone().render_help().to_string();
+        let mut entries: Vec<String> = Vec::new();
+        for line in help.lines() {
+            if line.starts_with("      --") || line.starts_with("  -") {
+                entries.push(String::new());
+            }
+            if let Some(entry) = entries.last_mut() {
+                entry.push(' ');
+                entry.push_str(line.trim());
+            }
+        }
+        for (flag, value) in &defaults {
+            let entry = entries
+                .iter()
+                .find(|e| {
+                    let rest = e.trim_start().strip_prefix(&format!("--{flag}"));
+                    rest.is_some_and(|r| r.starts_with([' ', '[']))
+                })
+                .unwrap_or_else(|| panic!("no help entry for --{flag} in\n{help}"));
+            assert!(
+                entry.contains(&format!("[default: {value}]")),
+                "--{flag}: {entry}"
+            );
+        }
+
+        let w = World::new();
+        let explicit: Vec<String> = defaults
+            .iter()
+            .map(|(flag, value)| format!("--{flag}={value}"))
+            .collect();
+        let explicit: Vec<&str> = explicit.iter().map(String::as_str).collect();
+        let from_defaults = format!("{:?}", w.load(&[]).unwrap());
+        assert_eq!(from_defaults, format!("{:?}", w.load(&explicit).unwrap()));
+        assert_eq!(
+            from_defaults,
+            format!(
+                "{:?}",
+                Config {
+                    data_directory: Path::new(".").join("cete-data").join("node1"),
+                    ..Config::for_tests("node1", ":7000", ":9000", ":8000", Path::new("/t"))
+                }
+            )
+        );
     }
 
     #[test]
@@ -1255,32 +1292,6 @@ mod tests {
         assert_eq!(c.snapshot_threshold, 10_000);
         let s = c.log_settings();
         assert_eq!((s.level.as_str(), s.max_size_mb), ("info", 500));
-    }
-
-    #[test]
-    fn listen_and_dial_addresses() {
-        assert_eq!(
-            listen_addr(":7000").unwrap(),
-            "0.0.0.0:7000".parse().unwrap()
-        );
-        assert_eq!(
-            listen_addr("127.0.0.1:7000").unwrap(),
-            "127.0.0.1:7000".parse().unwrap()
-        );
-        assert_eq!(
-            listen_addr("[::1]:7000").unwrap(),
-            "[::1]:7000".parse().unwrap()
-        );
-        let local = listen_addr("localhost:7000").unwrap();
-        assert!(local.ip().is_loopback() && local.port() == 7000);
-        assert!(listen_addr("7000").is_err());
-
-        assert_eq!(dial_addr(":7000", None), "127.0.0.1:7000");
-        assert_eq!(dial_addr(":7000", Some("node-a.svc")), "node-a.svc:7000");
-        assert_eq!(dial_addr("0.0.0.0:7000", Some("10.0.0.5")), "10.0.0.5:7000");
-        assert_eq!(dial_addr(":7000", Some("fd00::1")), "[fd00::1]:7000");
-        assert_eq!(dial_addr("10.1.1.1:7000", Some("x")), "10.1.1.1:7000");
-        assert_eq!(dial_addr("localhost:7000", None), "localhost:7000");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod http_server;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod peer;
 pub mod proto;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config;
+use crate::net;
 use crate::tls;
 
 /// The address to advertise for a listener: as configured, with the real
@@ -29,7 +29,7 @@ pub fn advertised(configured: &str, bound: SocketAddr, advertise_host: Option<&s
 
 pub async fn bind(setting: &str, address: &str) -> anyhow::Result<TcpListener> {
     let addr =
-        config::listen_addr(address).map_err(|e| anyhow::anyhow!("{setting} {address}: {e}"))?;
+        net::listen_addr(address).map_err(|e| anyhow::anyhow!("{setting} {address}: {e}"))?;
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {setting} {address}"))

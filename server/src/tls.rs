@@ -25,7 +25,21 @@ use rustls::{
 };
 use tokio::net::TcpStream;
 
-use crate::config::TlsSettings;
+/// Where the TLS material is, as configured; the files are read and checked at start
+/// (see [`TlsConfig::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this node (`--certificate-file`), leaf first.
+    pub certificate_file: PathBuf,
+    /// PEM private key of that certificate (`--key-file`).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that peers' certificates must chain to (`--ca-file`);
+    /// `None` trusts the certificate file itself (one self-signed certificate for all nodes).
+    pub ca_file: Option<PathBuf>,
+    /// Name peers' certificates must carry (`--common-name`); `None` takes the first DNS name
+    /// of this node's certificate.
+    pub common_name: Option<String>,
+}
 
 /// A TLS handshake that takes longer than this is dropped (slow or stuck clients).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -615,7 +629,7 @@ impl ClientTls {
             return None;
         };
         let name = ServerName::try_from(server_name.clone()).ok()?;
-        let target = crate::config::dial_addr(address, None);
+        let target = crate::net::dial_addr(address, None);
         let step = Duration::from_secs(3);
         let tcp = timeout(step, tokio::net::TcpStream::connect(&target))
             .await

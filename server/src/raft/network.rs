@@ -81,7 +81,7 @@ impl ChannelPool {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let target = crate::config::dial_addr(crate::faults::dial_target(address), None);
+        let target = crate::net::dial_addr(crate::faults::dial_target(address), None);
         let endpoint = Endpoint::from_shared(format!("http://{target}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

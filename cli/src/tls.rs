@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use cete_types::pin::Pinned;
 use reqwest::Url;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -21,59 +22,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// A self-signed CA certificate trusted as the server's own: exactly it, within its dates.
-#[derive(Debug)]
-struct Pin {
-    der: CertificateDer<'static>,
-    not_before: u64,
-    not_after: u64,
-}
-
-impl Pin {
-    /// The pin for `certs` if they are one self-signed certificate. That it is also a CA
-    /// does not matter: only these exact bytes pass, and webpki is asked first.
-    fn of(certs: &[CertificateDer<'static>]) -> Option<Pin> {
-        let [der] = certs else { return None };
-        // x509-parser reads the names and dates, which rustls and webpki do not show.
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        if cert.subject() != cert.issuer() {
-            return None;
-        }
-        let validity = cert.validity();
-        Some(Pin {
-            der: der.clone(),
-            not_before: u64::try_from(validity.not_before.timestamp()).ok()?,
-            not_after: u64::try_from(validity.not_after.timestamp()).ok()?,
-        })
-    }
-
-    /// `None` when `presented` is not the pinned certificate, else whether it is valid now.
-    fn check(
-        &self,
-        presented: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Option<Result<ServerCertVerified, rustls::Error>> {
-        if presented.as_ref() != self.der.as_ref() || !intermediates.is_empty() {
-            return None;
-        }
-        Some(if now.as_secs() < self.not_before {
-            Err(rustls::CertificateError::NotValidYet.into())
-        } else if now.as_secs() > self.not_after {
-            Err(rustls::CertificateError::Expired.into())
-        } else {
-            Ok(ServerCertVerified::assertion())
-        })
-    }
-}
-
 /// Verifies like a browser would, but for `name` (if given) instead of the host that was
 /// dialled, and accepts the pinned certificate (if any) that webpki refuses.
 #[derive(Debug)]
 struct PinnedName {
     inner: Arc<WebPkiServerVerifier>,
     name: Option<ServerName<'static>>,
-    pin: Option<Pin>,
+    pin: Option<Pinned>,
 }
 
 impl ServerCertVerifier for PinnedName {
@@ -90,12 +45,17 @@ impl ServerCertVerifier for PinnedName {
             self.inner
                 .verify_server_cert(end_entity, intermediates, name, ocsp_response, now);
         if verdict.is_err() {
-            if let Some(pinned) = self
-                .pin
-                .as_ref()
-                .and_then(|p| p.check(end_entity, intermediates, now))
-            {
-                return pinned;
+            // The pin, for exactly its certificate: a self-signed one that webpki refuses.
+            if let Some(pin) = self.pin.as_ref() {
+                if pin.matches(end_entity, intermediates) {
+                    return pin.verify_server_cert(
+                        end_entity,
+                        intermediates,
+                        name,
+                        ocsp_response,
+                        now,
+                    );
+                }
             }
         }
         verdict
@@ -148,7 +108,11 @@ pub fn client_config(
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
             anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-            pin = Pin::of(&certs);
+            // One self-signed certificate (a CA, as the original recipe makes) is pinned too.
+            pin = match certs.as_slice() {
+                [one] => Pinned::new(one, None).ok(),
+                _ => None,
+            };
             for cert in certs {
                 roots
                     .add(cert)

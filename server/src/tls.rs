@@ -14,15 +14,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use cete_types::pin::Pinned;
 use futures::{Stream, StreamExt};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
-};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, RootCertStore};
 use tokio::net::TcpStream;
 
 /// Where the TLS material is, as configured; the files are read and checked at start
@@ -172,149 +171,6 @@ fn describe(err: &rustls::Error) -> String {
     }
 }
 
-/// Trusts exactly one certificate, byte for byte, and no chain: the node's own, when it is
-/// its own trust root and webpki refuses it as an end certificate because it is a CA (as the
-/// original Cete's `openssl req -x509` recipe makes: CA:TRUE, no subjectAltName). No other
-/// certificate can match, so names do not matter; the handshake signature is still verified
-/// with the certificate's key (the peer proves it holds the key), and the dates still count.
-#[derive(Debug)]
-pub struct Pinned {
-    der: CertificateDer<'static>,
-    not_before: u64,
-    not_after: u64,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl Pinned {
-    /// The pin for `der` if it is a self-signed certificate whose common name is `name`.
-    fn new(der: &CertificateDer<'static>, name: &str) -> Result<Pinned, String> {
-        // rustls and webpki show nothing of a certificate's names or dates; x509-parser reads
-        // them, so that server and CLI need no DER reader of their own.
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|_| "unreadable certificate")?;
-        if cert.subject() != cert.issuer() {
-            return Err(
-                "the certificate is a CA certificate (basicConstraints CA:TRUE) that \
-                        is not self-signed"
-                    .into(),
-            );
-        }
-        // The first common name, of any string type that is UTF-8.
-        let cn = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| std::str::from_utf8(cn.as_slice()).ok());
-        if cn != Some(name) {
-            return Err(format!(
-                "the certificate is not valid for the common name: its CN is {}",
-                cn.unwrap_or("missing")
-            ));
-        }
-        let secs = |t: x509_parser::time::ASN1Time| {
-            u64::try_from(t.timestamp()).map_err(|_| "unreadable certificate")
-        };
-        Ok(Pinned {
-            der: der.clone(),
-            not_before: secs(cert.validity().not_before)?,
-            not_after: secs(cert.validity().not_after)?,
-            algorithms: provider().signature_verification_algorithms,
-        })
-    }
-
-    fn check(
-        &self,
-        presented: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<(), rustls::Error> {
-        if presented.as_ref() != self.der.as_ref() || !intermediates.is_empty() {
-            return Err(CertificateError::UnknownIssuer.into());
-        }
-        if now.as_secs() < self.not_before {
-            return Err(CertificateError::NotValidYet.into());
-        }
-        if now.as_secs() > self.not_after {
-            return Err(CertificateError::Expired.into());
-        }
-        Ok(())
-    }
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates, now)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-impl ClientCertVerifier for Pinned {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates, now)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 fn is_ca_used_as_end_entity(err: &rustls::Error) -> bool {
     matches!(
         err,
@@ -451,7 +307,7 @@ impl TlsConfig {
             }
             // webpki refuses a CA as an end certificate; one that is its own root is pinned.
             Err(e) if own_root && is_ca_used_as_end_entity(&e) => {
-                let pin = Pinned::new(&certs[0], &server_name)
+                let pin = Pinned::new(&certs[0], Some(&server_name))
                     .map_err(|problem| invalid(CERT, cert_path, problem))?;
                 pin.check(&certs[0], &[], now).map_err(|e| checked(&e))?;
                 let pin = Arc::new(pin);
@@ -823,9 +679,9 @@ mod tests {
         let own = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
         let other = CertificateDer::from_pem_slice(other_pem.as_bytes()).unwrap();
         let now = UnixTime::now();
-        let pin = Pinned::new(&own, "localhost").unwrap();
-        assert_eq!(pin.not_before, 157_766_400, "rcgen's default: 1975-01-01");
-        assert_eq!(pin.not_after, 67_090_118_400, "rcgen's default: 4096-01-01");
+        let pin = Pinned::new(&own, Some("localhost")).unwrap();
+        // rcgen's defaults: 1975-01-01 to 4096-01-01.
+        assert_eq!(pin.validity(), (157_766_400, 67_090_118_400));
         let verifier = &config.client_verifier;
         assert!(verifier.verify_client_cert(&own, &[], now).is_ok());
         assert!(verifier.verify_client_cert(&other, &[], now).is_err());

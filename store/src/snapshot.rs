@@ -186,19 +186,8 @@ mod tests {
             openraft::CommittedLeaderId::new(3, 0),
             17,
         ));
-        let mut body = b"CETESNP1".to_vec();
         let json = serde_json::to_vec(&meta).unwrap();
-        body.extend_from_slice(&(json.len() as u32).to_be_bytes());
-        body.extend_from_slice(&json);
-        body.push(1); // a record
-        for field in [&b"k"[..], &b"v"[..]] {
-            body.extend_from_slice(&(field.len() as u32).to_be_bytes());
-            body.extend_from_slice(field);
-        }
-        body.push(0); // the end
-        body.extend_from_slice(&1u64.to_be_bytes());
-        let crc = crc32fast::hash(&body);
-        body.extend_from_slice(&crc.to_be_bytes());
+        let body = cete_types::backup::format_1_file(&json, &[(b"k", b"v")]);
         std::fs::write(&path, &body).unwrap();
         let (header, records) = verify(&path).unwrap();
         assert_eq!((header.revision, records), (17, 1));

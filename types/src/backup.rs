@@ -272,6 +272,28 @@ pub fn summary(path: &Path) -> Result<Summary, FormatError> {
     Ok(Summary { revision, keys })
 }
 
+/// A file in format 1, as builds before format 2 wrote it: for the tests of
+/// readers, here and in the server.
+#[doc(hidden)]
+pub fn format_1_file(meta_json: &[u8], records: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut body = MAGIC_V1.to_vec();
+    let field = |body: &mut Vec<u8>, f: &[u8]| {
+        body.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        body.extend_from_slice(f);
+    };
+    field(&mut body, meta_json);
+    for (key, value) in records {
+        body.push(TAG_RECORD);
+        field(&mut body, key);
+        field(&mut body, value);
+    }
+    body.push(TAG_END);
+    body.extend_from_slice(&(records.len() as u64).to_be_bytes());
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_be_bytes());
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,18 +358,7 @@ mod tests {
     #[test]
     fn reads_format_1() {
         let meta = br#"{"last_log_id":{"leader_id":{"term":2,"node_id":0},"index":17},"last_membership":{"log_id":null,"membership":{"configs":[],"nodes":{}}},"snapshot_id":"x"}"#;
-        let mut body = MAGIC_V1.to_vec();
-        body.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-        body.extend_from_slice(meta);
-        body.push(TAG_RECORD);
-        for field in [&b"k"[..], &b"v"[..]] {
-            body.extend_from_slice(&(field.len() as u32).to_be_bytes());
-            body.extend_from_slice(field);
-        }
-        body.push(TAG_END);
-        body.extend_from_slice(&1u64.to_be_bytes());
-        let crc = crc32fast::hash(&body);
-        body.extend_from_slice(&crc.to_be_bytes());
+        let body = format_1_file(meta, &[(b"k", b"v")]);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1");
         std::fs::write(&path, &body).unwrap();

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{assert_error_body, bounded, run_server_to_exit, Cluster, NodeProc};
+use crate::harness::{
+    assert_error_body, bounded, run_server_to_exit, wait_until, Cluster, NodeProc,
+};
 
 /// Sums every sample of the series `name` in a Prometheus text page.
 async fn metric(client: &reqwest::Client, node: &NodeProc, name: &str) -> u64 {
@@ -128,7 +130,15 @@ async fn a_batch_without_quorum_answers_outcome_unknown_to_every_write() {
         let leader = cluster.leader(Duration::from_secs(30)).await;
         for i in 0..WRITES {
             let url = cluster.nodes[leader].url(&format!("/v1/data/lost/k{i}"));
-            let status = client.get(&url).send().await.unwrap().status().as_u16();
+            // Just after an election a read can meet a 503 (Retry-After): ask again.
+            let status = wait_until(Duration::from_secs(20), "a read that is not 503", || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let status = client.get(&url).send().await.ok()?.status().as_u16();
+                    (status != 503).then_some(status)
+                }
+            })
+            .await;
             assert!(status == 200 || status == 404, "GET {url}: {status}");
         }
     })

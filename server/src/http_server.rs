@@ -315,7 +315,6 @@ async fn refuse_plain_text(mut stream: TcpStream) -> Result<(), BoxError> {
         "this port speaks HTTPS: the client sent a plain HTTP request; use https://",
     )
     .to_json();
-    let body = String::from_utf8(body).expect("JSON is UTF-8");
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

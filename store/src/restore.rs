@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use openraft::Membership;
 use thiserror::Error;
 
-use cete_types::backup::FormatError;
-
 use super::snapshot::{self, SnapshotError};
 use super::{log, state_machine, Db, StoreError};
 use crate::command::typ::{LogId, StoredMembership, Vote};
@@ -184,9 +182,7 @@ fn fill(
     // fails its checksum now, and the marker keeps the result from starting.
     let keys = state_machine::restore_from_backup(&db, backup, last, revision, membership)
         .map_err(|e| match e {
-            SnapshotError::Io(io) | SnapshotError::Format(FormatError::Io(io)) => {
-                FillError::Store(io.to_string())
-            }
+            SnapshotError::Io(io) => FillError::Store(io.to_string()),
             other => FillError::Backup(other),
         })?;
     log::write_restored_state(&db, last, Vote::new(last.leader_id.term, id))?;

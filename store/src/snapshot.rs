@@ -26,12 +26,22 @@ pub use cete_types::backup::Written;
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
-    #[error("snapshot: {0}")]
-    Format(#[from] FormatError),
+    /// What the file's framing says is wrong (an I/O error is `Io` instead).
+    #[error(transparent)]
+    Format(FormatError),
     #[error("snapshot I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("snapshot is corrupt: {0}")]
+    #[error("the file is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<FormatError> for SnapshotError {
+    fn from(e: FormatError) -> SnapshotError {
+        match e {
+            FormatError::Io(io) => SnapshotError::Io(io),
+            other => SnapshotError::Format(other),
+        }
+    }
 }
 
 /// What a snapshot file says about itself, before its records.

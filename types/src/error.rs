@@ -91,11 +91,6 @@ impl ErrorCode {
     pub fn parse(code: &str) -> Option<ErrorCode> {
         ErrorCode::ALL.iter().copied().find(|c| c.as_str() == code)
     }
-
-    /// Whether a client may simply try the same request again later.
-    pub fn is_retryable(self) -> bool {
-        self.status() == 503
-    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -149,9 +144,9 @@ impl ErrorBody {
         }
     }
 
-    /// The body as JSON bytes.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an error body always serializes")
+    /// The body as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an error body always serializes")
     }
 }
 
@@ -195,7 +190,7 @@ mod tests {
     fn bodies_round_trip_and_omit_what_they_lack() {
         let body = ErrorBody::new(ErrorCode::KeyNotFound, "key 'a' not found");
         assert_eq!(
-            String::from_utf8(body.to_json()).unwrap(),
+            body.to_json(),
             r#"{"error":{"code":"KeyNotFound","message":"key 'a' not found"}}"#
         );
         let with_leader: ErrorBody = serde_json::from_str(

@@ -131,7 +131,7 @@ async fn forward(mut watcher: Watcher, tx: mpsc::Sender<Result<sse::Event, Infal
                 let _ = tx
                     .send(Ok(sse::Event::default()
                         .event("error")
-                        .data(String::from_utf8_lossy(&body.to_json()))))
+                        .data(body.to_json())))
                     .await;
                 return;
             }

@@ -81,7 +81,8 @@ PHASE_LOG := $(CURDIR)/.make-phases
 phase = @printf '\n==> %s\n' $(1); printf '%s\t%s\n' "$$(date +%s.%N)" $(1) >> '$(PHASE_LOG)'
 
 .PHONY: help setup build run test phase-reset fmt fmt-check import-check clippy test-build test-cargo \
-	browser-test openapi-check api-check helm-check image-test dist docker-build bench bench-compare clean
+	browser-test openapi-check api-check helm-check image-test dist docker-build bench bench-compare clean \
+	tools-start tools
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -90,6 +91,23 @@ setup:
 ifndef SKIP_SETUP
 	$(call phase,"setup: scripts/setup.sh")
 	@scripts/setup.sh
+endif
+
+# The phases after the build need more tools (scripts/setup-tools.sh: the API tools, chromium,
+# helm, podman). `make test` starts their installs here, in the background while cargo
+# builds, and the first phase that needs them waits for them (`tools`). RUN tells this make
+# run's installs from an earlier run's.
+SETUP_RUN := $(shell date +%s.%N)
+
+tools-start:
+ifndef SKIP_SETUP
+	@scripts/setup-tools.sh start '$(SETUP_RUN)'
+endif
+
+tools:
+ifndef SKIP_SETUP
+	$(call phase,"tools: scripts/setup-tools.sh wait (the installs tools-start began)")
+	@scripts/setup-tools.sh wait '$(SETUP_RUN)'
 endif
 
 build: setup
@@ -103,7 +121,7 @@ run: setup
 	$(call phase,"run: cargo run --release -p cete-server -- ARGS (Ctrl-C stops the node)")
 	$(CARGO) run --release -p cete-server -- $(ARGS)
 
-test: phase-reset setup fmt-check import-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
+test: phase-reset setup tools-start fmt-check import-check clippy test-build test-cargo browser-test openapi-check api-check helm-check image-test
 	$(call phase,"test: all checks passed")
 	@printf '\n==> phase times\n'
 	@awk -F'\t' 'NR > 1 { split(name, n, ":"); printf "  %-10s %8.1f s\n", n[1], $$1 - prev } \
@@ -140,7 +158,7 @@ test-cargo: test-build
 	$(CARGO) test --workspace -- --test-threads=2
 
 # The dashboard (/ui/) in headless Chromium on a 3-node cluster of the debug binaries.
-browser-test: test-build
+browser-test: test-build tools
 	$(call phase,"browser: $(PYTHON) tests/browser/test_dashboard.py")
 	$(PYTHON) tests/browser/test_dashboard.py --bin-dir '$(target_dir)/debug'
 
@@ -150,25 +168,21 @@ openapi-check:
 
 # schemathesis, a client generated from openapi.yaml and Python's HTTP clients against a
 # live debug node (tests/api, run with the tools' own Python: scripts/setup-api-tools.sh).
-api-check: test-build
+api-check: test-build tools
 	$(call phase,"api: tests/api (schemathesis, generated client, Python HTTP clients) against a live node")
 	CETE_SERVER_BIN='$(target_dir)/debug/cete-server' '$(TOOLS_VENV)/bin/python' -m unittest discover -s tests/api -t tests/api -v
 
 # The real helm and kubernetes-validate, installed by scripts/setup-helm.sh.
-helm-check:
+helm-check: tools
 	$(call phase,"helm: scripts/check-helm.sh (helm lint and template, kubernetes-validate, values.schema.json)")
-	$(if $(SKIP_SETUP),,scripts/setup-helm.sh)
 	scripts/check-helm.sh
 
 # The image built with podman from the Dockerfile's prebuilt target (the debug binaries
 # test-build made), the README's Docker commands, and a cluster started the chart's way.
 # podman, the base image and hadolint come from scripts/setup-image.sh (root, apt).
-image-test: setup test-build
+image-test: setup test-build tools
 	$(call phase,"image: tests/image/test_image.py (hadolint, podman build, README commands, chart-style cluster)")
-	@t=$$SECONDS; \
-	$(if $(SKIP_SETUP),,scripts/setup-helm.sh && scripts/setup-image.sh && ) \
-	$(PYTHON) tests/image/test_image.py --bin-dir '$(target_dir)/debug'; \
-	echo "image: phase took $$((SECONDS - t)) s (setup included)"
+	$(PYTHON) tests/image/test_image.py --bin-dir '$(target_dir)/debug'
 
 dist: build
 	$(call phase,"dist: dist/cete-$(version)-$(triple).tar.gz")

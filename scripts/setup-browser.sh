@@ -4,7 +4,7 @@
 #     their versions always match)
 #   - selenium (pip, pinned below); it is told SE_OFFLINE=true by the test, so it never
 #     tries to download a driver
-# Safe to run again: every step first checks whether it is already done. Called by setup.sh.
+# Safe to run again: every step first checks whether it is already done. Called by setup-tools.sh.
 set -euo pipefail
 
 # 4.52.0 needs a certifi newer than PyPI served when this was pinned.

@@ -4,12 +4,9 @@
 #   - jq, curl, openssl (apt), if missing: the original README's commands use them
 #   - PyYAML and openapi-spec-validator (pip): tests/openapi_check.py
 #   - rustfmt and clippy (rustup), if the toolchain lacks them: `make test` runs both
-#   - schemathesis and openapi-python-client, pinned, in a venv: scripts/setup-api-tools.sh
-#   - chromium, chromium-driver and selenium, for the dashboard's browser test
-#     (scripts/setup-browser.sh)
 # Safe to run again: every step first checks whether it is already done.
-# The packaging checks install their own tools when `make test` reaches them:
-# scripts/setup-helm.sh (helm, kubernetes-validate) and scripts/setup-image.sh (podman, hadolint).
+# What only the test phases after the build need (the API tools, chromium, helm, podman)
+# is scripts/setup-tools.sh's, which `make test` runs in the background while cargo builds.
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -94,11 +91,5 @@ else
     say "${missing[*]}: installing with rustup"
     rustup component add "${missing[@]}" || die "rustup component add ${missing[*]} failed"
 fi
-
-# --- API tools (schemathesis, openapi-python-client) in their own venv ------------
-"$(dirname "$0")/setup-api-tools.sh"
-
-# --- the browser test's chromium and selenium --------------------------------
-"$(dirname "$0")/setup-browser.sh"
 
 say "done"

@@ -46,7 +46,7 @@ impl Default for Limits {
         Limits {
             max_commands: 512,
             max_bytes: 1 << 20,
-            in_flight: 4,
+            in_flight: 2,
             timeout: Duration::from_secs(10),
         }
     }

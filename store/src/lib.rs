@@ -53,11 +53,11 @@ pub const STORAGE_FORMAT: u32 = 2;
 const KEY_STORAGE_FORMAT: &[u8] = b"storage_format";
 
 /// All memtables of the database together, at most.
-const MEMTABLE_BUDGET: usize = 64 << 20;
+const MEMTABLE_BUDGET: usize = 32 << 20;
 /// One memtable of one column family, at most.
-const MEMTABLE_PER_FAMILY: usize = 16 << 20;
+const MEMTABLE_PER_FAMILY: usize = 8 << 20;
 /// The block cache every column family shares.
-const BLOCK_CACHE: usize = 32 << 20;
+const BLOCK_CACHE: usize = 16 << 20;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -116,7 +116,7 @@ impl Db {
         opts.set_keep_log_file_num(4);
         // A memory budget instead of RocksDB's per-family defaults (a 64 MiB
         // memtable, up to two, and an 8 MiB block cache for each of six
-        // families): all memtables together stay under 64 MiB, flushed
+        // families): all memtables together stay under 32 MiB, flushed
         // early when they reach it, and every family shares one block cache.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);

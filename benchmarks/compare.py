@@ -142,6 +142,14 @@ def cpu_seconds(pid):
     return (utime + stime) / CLK_TCK
 
 
+def steal_seconds():
+    # The host's CPU time given to other guests while this VM wanted it (proc(5), /proc/stat
+    # "cpu" line, 8th value): on a shared VM it explains rows that come out slow.
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+
+
 def status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -402,6 +410,7 @@ class Runner:
             state["peak"] = max(state["peak"], status_kib(pid, "VmHWM"))
             state["hwm_reset"] &= reset_peak_rss(pid)
         cpu0 = sum(cpu_seconds(pid) for pid in pids)
+        steal0 = steal_seconds()
         report = self.bench(
             cluster,
             target,
@@ -409,6 +418,7 @@ class Runner:
             ["-d", str(self.opts.duration), f"--addresses={','.join(cluster.urls)}", "--no-preload"],
         )
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+        steal = steal_seconds() - steal0
         rss = [status_kib(pid, "VmHWM") for pid in pids]
         state["peak"] = max([state["peak"]] + rss)
         t = report["total"]
@@ -426,9 +436,10 @@ class Runner:
             "errors_by_kind": t["errors_by_kind"],
             "cpu_s": cpu,
             "client_cpu_s": self.client_cpu,
+            "steal_s": steal,
             "rss_kib": max(rss),
         }
-        log(f"  {target} {label}: {res['ops_per_sec']:.0f} ops/s p50 {res['p50']} p99 {res['p99']} ms, cpu {cpu:.1f} s")
+        log(f"  {target} {label}: {res['ops_per_sec']:.0f} ops/s p50 {res['p50']} p99 {res['p99']} ms, cpu {cpu:.1f} s, steal {steal:.1f} s")
         return res
 
     def preload(self, cluster, target, keys, prefix, concurrency):
@@ -704,6 +715,13 @@ def main():
         if r["errors"]
     ]
     client_max = max(r["client_cpu_s"] for res in (etcd, cete) for n in res for r in res[n].values())
+    stolen = [
+        f"{sys_name} {n} node(s) {label} {r['steal_s']:.1f} s"
+        for sys_name, res in (("etcd", etcd), ("Cete", cete))
+        for n in res
+        for label, r in res[n].items()
+        if r["steal_s"] >= 1.0
+    ]
     doc = [
         "# Cete against etcd" + (" (SMOKE RUN: harness check only, not a result)" if opts.smoke else ""),
         "",
@@ -745,6 +763,8 @@ def main():
         f"- The load generator itself used up to {client_max:.1f} CPU s in a row (of "
         f"{info['nproc'] * opts.duration:g} the {info['nproc']} cores have in one); every row's figures are in "
         f"`{out.with_suffix('.json').name}`.",
+        "- Steal time (CPU the host gave to other guests while this VM wanted it, from /proc/stat): "
+        + ("rows with 1 s or more: " + "; ".join(stolen) + "." if stolen else "under 1 s in every row."),
         "- Errors: " + ("; ".join(errors) if errors else "none."),
         "",
     ]

@@ -396,9 +396,13 @@ mod tests {
 
     use super::*;
 
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
     fn blank(term: u64, index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+            log_id: log_id(term, index),
             payload: EntryPayload::Blank,
         }
     }
@@ -464,18 +468,12 @@ mod tests {
             indexes(&store.try_get_log_entries(2..4).await.unwrap()),
             [2, 3]
         );
-        store
-            .truncate(LogId::new(CommittedLeaderId::new(1, 0), 4))
-            .await
-            .unwrap();
+        store.truncate(log_id(1, 4)).await.unwrap();
         assert_eq!(
             indexes(&store.try_get_log_entries(1..).await.unwrap()),
             [1, 2, 3]
         );
-        store
-            .purge(LogId::new(CommittedLeaderId::new(1, 0), 1))
-            .await
-            .unwrap();
+        store.purge(log_id(1, 1)).await.unwrap();
         assert_eq!(
             indexes(&store.try_get_log_entries(0..).await.unwrap()),
             [2, 3]

@@ -885,17 +885,23 @@ impl<'a> Applying<'a> {
     }
 }
 
-/// Entries with at most this many commands are applied on the state machine
-/// worker's own task: an unsynced WriteBatch that small takes tens of
+/// Entries with at most this many operations are applied on the state
+/// machine worker's own task: an unsynced WriteBatch that small takes tens of
 /// microseconds, less than the hand-off to the blocking pool and back.
 /// Larger ones go to the pool, so that no runtime thread stalls for long.
-const INLINE_APPLY_COMMANDS: usize = 16;
+const INLINE_APPLY_OPERATIONS: usize = 16;
 
-fn commands_in(entries: &[Entry]) -> usize {
+/// Operations the entries carry: one per command, a transaction's compares
+/// and branches counted one by one (it may hold up to 128).
+fn operations_in(entries: &[Entry]) -> usize {
+    let operations = |command: &Command| match command {
+        Command::Txn(txn) => txn.compare.len() + txn.success.len() + txn.failure.len(),
+        _ => 1,
+    };
     entries
         .iter()
         .map(|entry| match &entry.payload {
-            EntryPayload::Normal(proposal) => proposal.commands.len(),
+            EntryPayload::Normal(proposal) => proposal.commands.iter().map(operations).sum(),
             _ => 1,
         })
         .sum()
@@ -921,7 +927,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership = self.membership.clone();
         let (history, oldest) = (self.watch_history, self.events_oldest);
         let revision = self.revision;
-        let inline = commands_in(&entries) <= INLINE_APPLY_COMMANDS;
+        let inline = operations_in(&entries) <= INLINE_APPLY_OPERATIONS;
         let apply = move || {
             let mut applying = Applying::new(&db, revision);
             let mut results = Vec::with_capacity(entries.len());

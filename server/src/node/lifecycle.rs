@@ -28,22 +28,38 @@ impl Node {
 
     /// Builds a Raft snapshot now (which purges the log behind it).
     pub async fn trigger_snapshot(&self) -> Result<u64> {
-        let before = self.metrics().snapshot.map(|l| l.index);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        let applied = self.metrics().last_applied.map(|l| l.index);
-        if applied.is_none() || applied == before {
-            return Ok(before.unwrap_or(0));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut before = self.metrics().snapshot.map(|l| l.index);
+        loop {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            let applied = self.metrics().last_applied.map(|l| l.index);
+            if applied.is_none() || applied == before {
+                return Ok(before.unwrap_or(0));
+            }
+            // openraft ignores a trigger while it builds a snapshot (the
+            // automatic one, say) that may end before `applied`: when that
+            // one is done and short of it, trigger again.
+            let m = self
+                .raft
+                .wait(Some(deadline - tokio::time::Instant::now()))
+                .metrics(
+                    |m| {
+                        let built = m.snapshot.map(|l| l.index);
+                        built >= applied || built != before
+                    },
+                    "snapshot built",
+                )
+                .await
+                .map_err(|e| Error::Timeout(e.to_string()))?;
+            let built = m.snapshot.map(|l| l.index);
+            if built >= applied {
+                return Ok(built.unwrap_or(0));
+            }
+            before = built;
         }
-        let m = self
-            .raft
-            .wait(Some(Duration::from_secs(60)))
-            .metrics(|m| m.snapshot.map(|l| l.index) >= applied, "snapshot built")
-            .await
-            .map_err(|e| Error::Timeout(e.to_string()))?;
-        Ok(m.snapshot.map_or(0, |l| l.index))
     }
 }

@@ -116,7 +116,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         );
     }
 
-    let (mut log_store, state_machine) = cete_store::open(&config.data_directory)
+    let (mut log_store, state_machine) = cete_store::open(&config.data_directory, id)
         .await
         .with_context(|| {
             format!(

@@ -12,7 +12,7 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("temp dir");
-        let (log, sm) = super::open(dir.path()).await.expect("store opens");
+        let (log, sm) = super::open(dir.path(), 0).await.expect("store opens");
         Ok((dir, log, sm))
     }
 }

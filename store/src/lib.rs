@@ -20,6 +20,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod durability;
 pub mod events;
 pub mod log;
 pub mod restore;
@@ -296,16 +297,18 @@ fn snapshot_dir(data_directory: &Path) -> PathBuf {
     data_directory.join("snapshots")
 }
 
-/// Opens the database and builds both halves openraft needs.
-pub async fn open(data_directory: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+/// Opens the database and builds both halves openraft needs, for the node
+/// whose Raft id is `id`.
+pub async fn open(data_directory: &Path, id: u64) -> Result<(LogStore, StateMachine), StoreError> {
     restore::check_no_interrupted_restore(data_directory)
         .map_err(|e| StoreError::Unusable(e.to_string()))?;
     let dir = data_directory.to_path_buf();
     let db = tokio::task::spawn_blocking(move || Db::open(&dir))
         .await
         .expect("open task does not panic")?;
-    let log = LogStore::new(db.clone());
-    let sm = StateMachine::open(db).await?;
+    let durability = durability::Durability::new(db.clone());
+    let log = LogStore::new(db.clone(), id, durability.clone());
+    let sm = StateMachine::open(db, durability).await?;
     Ok((log, sm))
 }
 

@@ -1,15 +1,17 @@
 //! The Raft log and vote, on RocksDB.
 //!
-//! Durability rule: an append or a vote is acknowledged to openraft only once
-//! its write batch is synced to the write-ahead log.
+//! Durability rule: a vote, a truncation and a follower's append are
+//! acknowledged to openraft only once their write batch is synced to the
+//! write-ahead log. A leader's own appends are acknowledged once written and
+//! synced in the background, beside replication; nothing is applied or
+//! answered before they are synced (see `durability`).
 //!
 //! openraft 0.9's core waits for each append's flush before it does anything
-//! else, so appends never overlap and a separate syncing thread could never
-//! group two of them. Grouping happens before the log, in `raft::proposer`,
-//! which packs concurrent writes into one entry. Each append is one synced
-//! WriteBatch, written and acknowledged on the core's own task: a hand-off to
-//! the blocking pool and back would only add two thread wake-ups to every
-//! entry, on every node, while the core waits all the same.
+//! else, so appends never overlap. Grouping happens before the log, in
+//! `raft::proposer`, which packs concurrent writes into one entry. Each
+//! append is one WriteBatch, written and acknowledged on the core's own task:
+//! a hand-off to the blocking pool and back would only add two thread
+//! wake-ups to every entry, on every node, while the core waits all the same.
 //!
 //! The newest entries are also kept in memory ([`Tail`]), so that a leader's
 //! replication reads what it just appended without a RocksDB iterator on the
@@ -24,6 +26,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
+use super::durability::Durability;
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_LOGS, CF_RAFT};
 use crate::command::typ::{Entry, LogId, StorageError, Vote};
 use crate::command::TypeConfig;
@@ -35,7 +38,12 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
+    /// This node's Raft id: its own entries as leader carry it.
+    id: u64,
+    /// The vote saved last (or read at start-up).
+    vote: Arc<Mutex<Option<Vote>>>,
     tail: Arc<Mutex<Tail>>,
+    durability: Arc<Durability>,
 }
 
 /// Encoded bytes of entries the [`Tail`] keeps at most: enough for the
@@ -152,11 +160,38 @@ pub fn committed_index(db: &Db) -> Option<u64> {
 }
 
 impl LogStore {
-    pub fn new(db: Db) -> LogStore {
+    pub(crate) fn new(db: Db, id: u64, durability: Arc<Durability>) -> LogStore {
         LogStore {
             db,
+            id,
+            vote: Arc::new(Mutex::new(None)),
             tail: Arc::new(Mutex::new(Tail::with_limit(TAIL_BYTES))),
+            durability,
         }
+    }
+
+    /// Which entries are on this node's disk.
+    pub fn durability(&self) -> Arc<Durability> {
+        self.durability.clone()
+    }
+
+    fn set_vote(&self, vote: Vote) {
+        *self.vote.lock().expect("vote lock is never poisoned") = Some(vote);
+    }
+
+    /// Whether `entries` are this node's own, appended while it leads under
+    /// the vote it saved last. Only that leader makes entries of that vote:
+    /// a follower saves a newer leader's vote before it appends its entries,
+    /// even entries this node once made itself.
+    fn appended_as_leader(&self, entries: &[(Entry, usize)]) -> bool {
+        let vote = self.vote.lock().expect("vote lock is never poisoned");
+        vote.is_some_and(|vote| {
+            vote.committed
+                && vote.leader_id.node_id == self.id
+                && entries
+                    .iter()
+                    .all(|(entry, _)| entry.log_id.leader_id == vote.leader_id)
+        })
     }
 
     fn tail(&self) -> MutexGuard<'_, Tail> {
@@ -180,22 +215,20 @@ impl LogStore {
         subject: ErrorSubject<u64>,
     ) -> Result<(), StorageError> {
         let raw = encode(value);
-        let db = self.db.clone();
+        let (db, durability) = (self.db.clone(), self.durability.clone());
         blocking(move || {
-            db.rocks()
-                .put_cf_opt(db.cf(CF_RAFT), key, raw, &synced())
+            durability
+                .synced_write(|| db.rocks().put_cf_opt(db.cf(CF_RAFT), key, raw, &synced()))
                 .map_err(|e| io_err(subject, ErrorVerb::Write, e))
         })
         .await
     }
 
-    /// Writes `entries` as one synced batch, then keeps them in the tail.
-    /// Inline, see the module docs: the core's task blocks for the sync,
-    /// which it would wait for anyway.
-    fn write_entries(
-        &self,
-        entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<(), rocksdb::Error> {
+    /// Writes `entries` as one batch, then keeps them in the tail. This
+    /// node's own entries as leader are synced in the background, all others
+    /// before this returns: inline, see the module docs (the core's task
+    /// blocks for the sync, which it would wait for anyway).
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(CF_LOGS);
         let mut appended = Vec::new();
@@ -204,7 +237,26 @@ impl LogStore {
             batch.put_cf(cf, index_key(entry.log_id.index), &raw);
             appended.push((entry, raw.len()));
         }
-        self.db.rocks().write_opt(batch, &synced())?;
+        let Some(first) = appended.first().map(|(entry, _)| entry.log_id.index) else {
+            return Ok(());
+        };
+        let failed = |e: &dyn std::error::Error| {
+            io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        if self.appended_as_leader(&appended) {
+            self.db.rocks().write(batch).map_err(|e| failed(&e))?;
+            self.durability
+                .written_unsynced(first)
+                .map_err(|e| failed(&e))?;
+        } else {
+            self.durability
+                .synced_write(|| self.db.rocks().write_opt(batch, &synced()))
+                .map_err(|e| failed(&e))?;
+        }
         let mut tail = self.tail();
         for (entry, size) in appended {
             tail.push(entry, size);
@@ -290,12 +342,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_raft_key(KEY_VOTE, vote, ErrorSubject::Vote)
-            .await
+            .await?;
+        self.set_vote(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_raft_key(KEY_VOTE)
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+        let vote: Option<Vote> = self
+            .read_raft_key(KEY_VOTE)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+        if let Some(vote) = vote {
+            self.set_vote(vote);
+        }
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -341,7 +400,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Err(e) => {
                 log::error!("writing the raft log failed: {e}");
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+                Err(e)
             }
         }
     }
@@ -349,11 +408,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         log::debug!("truncating the log from index {}", log_id.index);
         self.tail().truncate(log_id.index);
-        let db = self.db.clone();
+        let (db, durability) = (self.db.clone(), self.durability.clone());
         blocking(move || {
-            db.rocks()
-                .delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX))
-                .and_then(|()| db.rocks().flush_wal(true))
+            durability
+                .synced_write(|| {
+                    db.rocks()
+                        .delete_range_cf(
+                            db.cf(CF_LOGS),
+                            index_key(log_id.index),
+                            index_key(u64::MAX),
+                        )
+                        .and_then(|()| db.rocks().flush_wal(true))
+                })
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
         })
         .await
@@ -460,9 +526,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_leaders_own_entries_skip_the_inline_sync() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _sm) = crate::open(dir.path(), 7).await.unwrap();
+        let entry = |term, node| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, node), 1),
+            payload: EntryPayload::Blank,
+        };
+        // A clone shares the vote, and leaves `store` free to save votes.
+        let reader = store.clone();
+        let own = |entries: &[Entry]| {
+            let sized: Vec<_> = entries.iter().map(|e| (e.clone(), 0)).collect();
+            reader.appended_as_leader(&sized)
+        };
+        assert!(!own(&[entry(3, 7)]), "no vote saved yet");
+        let mut vote = Vote::new(3, 7);
+        store.save_vote(&vote).await.unwrap();
+        assert!(!own(&[entry(3, 7)]), "a candidate's vote is not a leader's");
+        vote.commit();
+        store.save_vote(&vote).await.unwrap();
+        assert!(own(&[entry(3, 7)]));
+        assert!(
+            !own(&[entry(3, 7), entry(2, 7)]),
+            "an entry of an earlier term"
+        );
+        store.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        assert!(
+            !own(&[entry(4, 2)]),
+            "a follower's entries from another leader"
+        );
+        assert!(
+            !own(&[entry(3, 7)]),
+            "its own old entries, sent back by a new leader"
+        );
+        drop((store, reader, _sm));
+        // The vote read back at start-up counts the same.
+        let (mut store, _sm) = crate::open(dir.path(), 2).await.unwrap();
+        store.read_vote().await.unwrap();
+        assert!(store.appended_as_leader(&[(entry(4, 2), 0)]));
+    }
+
+    #[tokio::test]
+    async fn a_leaders_own_entries_are_synced_in_the_background() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _sm) = crate::open(dir.path(), 7).await.unwrap();
+        store.save_vote(&Vote::new_committed(1, 7)).await.unwrap();
+        let own = |index| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+            payload: EntryPayload::Blank,
+        };
+        store.write_entries((1..4).map(own)).unwrap();
+        let durability = store.durability();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            durability.wait_synced(3),
+        )
+        .await
+        .expect("the background sync ends")
+        .unwrap();
+        assert_eq!(
+            indexes(&store.try_get_log_entries(1..).await.unwrap()),
+            [1, 2, 3]
+        );
+    }
+
+    #[tokio::test]
     async fn reads_agree_with_the_log_whether_the_tail_holds_them_or_not() {
         let dir = tempfile::TempDir::new().unwrap();
-        let (mut store, _sm) = crate::open(dir.path()).await.unwrap();
+        let (mut store, _sm) = crate::open(dir.path(), 0).await.unwrap();
         store.write_entries((1..6).map(|i| blank(1, i))).unwrap();
         assert_eq!(
             indexes(&store.try_get_log_entries(2..4).await.unwrap()),
@@ -482,7 +613,7 @@ mod tests {
 
         // After a restart the tail is empty: reads go to RocksDB, and an
         // append does not hide the entries before it.
-        let (mut store, _sm) = crate::open(dir.path()).await.unwrap();
+        let (mut store, _sm) = crate::open(dir.path(), 0).await.unwrap();
         store.write_entries([blank(1, 4)]).unwrap();
         assert_eq!(
             indexes(&store.try_get_log_entries(2..).await.unwrap()),

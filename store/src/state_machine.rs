@@ -25,6 +25,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
+use super::durability::{Durability, SyncFailed};
 use super::events::{self, Event, EventHub, WatchError, Watcher};
 use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
@@ -67,6 +68,8 @@ pub struct StateMachine {
     /// The oldest revision the change history holds in full.
     events_oldest: u64,
     hub: Arc<EventHub>,
+    /// Entries are applied only once they are on this node's disk.
+    durability: Arc<Durability>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -81,7 +84,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Opti
 }
 
 impl StateMachine {
-    pub async fn open(db: Db) -> Result<StateMachine, StoreError> {
+    pub async fn open(db: Db, durability: Arc<Durability>) -> Result<StateMachine, StoreError> {
         let db2 = db.clone();
         blocking(move || -> Result<(), StoreError> {
             if let Some(file) = read_meta::<String>(&db2, KEY_INSTALL_PENDING)? {
@@ -117,6 +120,7 @@ impl StateMachine {
             watch_history: events::DEFAULT_WATCH_HISTORY,
             events_oldest,
             hub: Arc::new(EventHub::new(revision)),
+            durability,
         })
     }
 
@@ -132,6 +136,7 @@ impl StateMachine {
         KvReader {
             db: self.db.clone(),
             hub: self.hub.clone(),
+            durability: self.durability.clone(),
         }
     }
 }
@@ -142,6 +147,7 @@ impl StateMachine {
 pub struct KvReader {
     db: Db,
     hub: Arc<EventHub>,
+    durability: Arc<Durability>,
 }
 
 /// One key in a listing.
@@ -152,6 +158,12 @@ pub struct KeyEntry {
 }
 
 impl KvReader {
+    /// Waits until this node's log is on disk up to `index`: a leader
+    /// hands out a read index only then (see `durability`).
+    pub async fn wait_synced(&self, index: u64) -> Result<(), SyncFailed> {
+        self.durability.wait_synced(index).await
+    }
+
     /// The key's value, unless it is past its deadline by this node's
     /// clock: an expired key is never returned, even before its delete
     /// commits.
@@ -920,9 +932,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if entries.is_empty() {
+        let Some(last) = entries.last().map(|entry| entry.log_id.index) else {
             return Ok(Vec::new());
-        }
+        };
+        // A leader's own entries may be committed before they are synced
+        // here: nothing of them shows (or is answered) until they are.
+        self.durability
+            .wait_synced(last)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let db = self.db.clone();
         let mut membership = self.membership.clone();
         let (history, oldest) = (self.watch_history, self.events_oldest);
@@ -1190,8 +1208,28 @@ mod tests {
     }
 
     async fn open_sm(dir: &Path) -> StateMachine {
-        let (_, sm) = crate::open(dir).await.unwrap();
+        let (_, sm) = crate::open(dir, 0).await.unwrap();
         sm
+    }
+
+    /// A leader's own entries can be committed before they are on its
+    /// disk: none is applied (so none is read or answered) before it is.
+    #[tokio::test]
+    async fn entries_are_applied_only_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        sm.durability.hold_unsynced(2);
+        sm.apply(vec![entry(1, put("a", "1", None))]).await.unwrap();
+        let held = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            sm.apply(vec![entry(2, put("b", "2", None))]),
+        )
+        .await;
+        assert!(held.is_err(), "entry 2 was applied before it was synced");
+        assert!(sm.reader().get(b"b".to_vec()).await.unwrap().is_none());
+        sm.durability.synced_write(|| Ok::<_, ()>(())).unwrap();
+        sm.apply(vec![entry(2, put("b", "2", None))]).await.unwrap();
+        assert!(sm.reader().get(b"b".to_vec()).await.unwrap().is_some());
     }
 
     /// Revisions are the state machine's: one per write that changes a

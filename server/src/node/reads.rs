@@ -78,9 +78,17 @@ impl Node {
     /// Serves a follower's ReadIndex call: one confirmation round of its
     /// own. The follower already shares each call among its queued reads,
     /// so the call does not wait in this node's batcher a second time.
+    /// The entries up to the index are on this node's disk before it
+    /// answers: the follower may read what they wrote at once, and a
+    /// leader's own entries can be committed before they are synced.
     pub async fn read_index_for_follower(&self) -> Result<u64> {
         let outcome = confirm_leadership(self.raft.clone()).await;
-        self.read_index_result(outcome)
+        let index = self.read_index_result(outcome)?;
+        self.reader.wait_synced(index).await.map_err(|e| {
+            self.storage_failure()
+                .unwrap_or(Error::Storage(e.to_string()))
+        })?;
+        Ok(index)
     }
 
     /// Rounds and reads of this node's linearizable-read batching: as leader

@@ -136,7 +136,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     let raft = openraft::Raft::new(
         id,
         Arc::new(raft::openraft_config(config.snapshot_threshold)?),
-        Network::new(pool.clone()),
+        Network::new(pool.clone(), log_store.durability()),
         log_store,
         state_machine,
     )

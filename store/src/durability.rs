@@ -37,6 +37,14 @@ enum Synced {
     Failed,
 }
 
+fn synced_through(synced: &Synced, index: u64) -> bool {
+    match *synced {
+        Synced::All => true,
+        Synced::Before(first) => first > index,
+        Synced::Failed => false,
+    }
+}
+
 /// A write that is not yet known to be synced.
 struct Unsynced {
     /// Its place in the order of writes.
@@ -175,13 +183,15 @@ impl Durability {
         self.publish(&state);
     }
 
+    /// Whether the log entries up to `index` are on disk now.
+    pub fn is_synced(&self, index: u64) -> bool {
+        synced_through(&self.synced.borrow(), index)
+    }
+
     /// Waits until the log entries up to `index` are on disk.
     pub async fn wait_synced(&self, index: u64) -> Result<(), SyncFailed> {
         let mut synced = self.synced.subscribe();
-        let ready = |s: &Synced| match *s {
-            Synced::All | Synced::Failed => true,
-            Synced::Before(first) => first > index,
-        };
+        let ready = |s: &Synced| *s == Synced::Failed || synced_through(s, index);
         // The sender lives as long as `self`, so the wait cannot fail.
         let status = *synced.wait_for(ready).await.map_err(|_| SyncFailed)?;
         match status {

@@ -44,6 +44,8 @@ pub struct LogStore {
     vote: Arc<Mutex<Option<Vote>>>,
     tail: Arc<Mutex<Tail>>,
     durability: Arc<Durability>,
+    /// The committed id saved last by this process.
+    committed_hint: Arc<Mutex<Option<LogId>>>,
 }
 
 /// Encoded bytes of entries the [`Tail`] keeps at most: enough for the
@@ -167,6 +169,7 @@ impl LogStore {
             vote: Arc::new(Mutex::new(None)),
             tail: Arc::new(Mutex::new(Tail::with_limit(TAIL_BYTES))),
             durability,
+            committed_hint: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -222,6 +225,32 @@ impl LogStore {
                 .map_err(|e| io_err(subject, ErrorVerb::Write, e))
         })
         .await
+    }
+
+    /// Saves `committed` unless a later one is saved already. Neither synced
+    /// nor in the write-ahead log: the committed id is a hint that speeds up
+    /// restarts; if it is lost (or an older one is read back), openraft
+    /// re-learns it from the leader. Without the WAL the put only touches the
+    /// memtable, so it runs inline: the core waits for it on every commit,
+    /// and the blocking pool would cost two wake-ups.
+    fn write_committed_hint(&self, committed: LogId) -> Result<(), rocksdb::Error> {
+        let mut saved = self
+            .committed_hint
+            .lock()
+            .expect("committed hint lock is never poisoned");
+        if saved.is_some_and(|saved| saved >= committed) {
+            return Ok(());
+        }
+        let mut memtable_only = WriteOptions::default();
+        memtable_only.disable_wal(true);
+        self.db.rocks().put_cf_opt(
+            self.db.cf(CF_RAFT),
+            KEY_COMMITTED,
+            encode(&Some(committed)),
+            &memtable_only,
+        )?;
+        *saved = Some(committed);
+        Ok(())
     }
 
     /// Writes `entries` as one batch, then keeps them in the tail. This
@@ -358,22 +387,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Neither synced nor in the write-ahead log: the committed id is a
-        // hint that speeds up restarts; if it is lost (or an older one is read
-        // back), openraft re-learns it from the leader. Without the WAL the
-        // put only touches the memtable, so it runs inline: the core waits for
-        // it on every commit, and the blocking pool would cost two wake-ups.
-        let mut memtable_only = WriteOptions::default();
-        memtable_only.disable_wal(true);
-        self.db
-            .rocks()
-            .put_cf_opt(
-                self.db.cf(CF_RAFT),
-                KEY_COMMITTED,
-                encode(&committed),
-                &memtable_only,
-            )
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        // Nor ahead of the log on disk: a leader's own entries are committed
+        // before it has synced them, so their hint waits for the sync.
+        if let Some(ahead) = committed.filter(|c| !self.durability.is_synced(c.index)) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if this.durability.wait_synced(ahead.index).await.is_ok() {
+                    if let Err(e) = this.write_committed_hint(ahead) {
+                        log::warn!("saving the committed index failed: {e}");
+                    }
+                }
+            });
+            return Ok(());
+        }
+        match committed {
+            Some(committed) => self
+                .write_committed_hint(committed)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e)),
+            None => Ok(()),
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -588,6 +620,29 @@ mod tests {
             indexes(&store.try_get_log_entries(1..).await.unwrap()),
             [1, 2, 3]
         );
+    }
+
+    #[tokio::test]
+    async fn the_committed_hint_never_runs_ahead_of_the_synced_log() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _sm) = crate::open(dir.path(), 0).await.unwrap();
+        store.save_committed(Some(log_id(1, 4))).await.unwrap();
+        store.durability.hold_unsynced(5);
+        store.save_committed(Some(log_id(1, 5))).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 4)));
+        // Saved once synced, and never over a later one.
+        store.durability.synced_write(|| Ok::<_, ()>(())).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.read_committed().await.unwrap() != Some(log_id(1, 5)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hint is saved after the sync"
+            );
+            tokio::task::yield_now().await;
+        }
+        store.save_committed(Some(log_id(1, 6))).await.unwrap();
+        store.write_committed_hint(log_id(1, 5)).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 6)));
     }
 
     #[tokio::test]

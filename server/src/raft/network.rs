@@ -22,6 +22,7 @@ use super::{NodeId, NodeInfo, TypeConfig};
 use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::{RaftPayload, RaftReply};
 use crate::tls::ClientTls;
+use cete_store::durability::Durability;
 
 /// When each peer last answered an AppendEntries (heartbeats included), as
 /// this node saw it while sending them, i.e. while it led. openraft 0.9
@@ -98,11 +99,14 @@ impl ChannelPool {
 
 pub struct Network {
     pool: ChannelPool,
+    /// This node's log on disk: a leader tells followers of a commit only
+    /// once it has synced the entries up to it.
+    durability: Arc<Durability>,
 }
 
 impl Network {
-    pub fn new(pool: ChannelPool) -> Network {
-        Network { pool }
+    pub fn new(pool: ChannelPool, durability: Arc<Durability>) -> Network {
+        Network { pool, durability }
     }
 }
 
@@ -115,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             client: self.pool.channel(&node.raft_address).map(RaftClient::new),
             contacts: self.pool.contacts(),
+            durability: self.durability.clone(),
         }
     }
 }
@@ -124,6 +129,7 @@ pub struct PeerConnection {
     node: NodeInfo,
     client: Result<RaftClient<Channel>, tonic::transport::Error>,
     contacts: Contacts,
+    durability: Arc<Durability>,
 }
 
 pub(crate) use cete_store::codec::{decode, encode};
@@ -190,6 +196,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        // openraft counts the leader's own copy of an entry toward its commit
+        // before the leader has synced it (see cete_store::durability). A
+        // follower that learned of the commit would apply the entry and show
+        // it while a quorum may not have it on disk yet: the commit goes out
+        // only once synced here. The sync began at the append, so by the time
+        // a quorum has answered it has mostly ended.
+        if let Some(committed) = &rpc.leader_commit {
+            self.durability
+                .wait_synced(committed.index)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        }
         let reply = self.call("append_entries", &rpc, &option).await;
         // Any answer, a refusal included, shows the peer is up and reachable.
         if matches!(reply, Ok(_) | Err(RPCError::RemoteError(_))) {

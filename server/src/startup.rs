@@ -133,10 +133,11 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     let reader = state_machine.reader();
     let metrics = Arc::new(metrics::Metrics::new(reader.db().snapshot_metrics()));
     let pool = ChannelPool::new(tls::ClientTls::new(tls.as_ref()));
+    let durability = log_store.durability();
     let raft = openraft::Raft::new(
         id,
         Arc::new(raft::openraft_config(config.snapshot_threshold)?),
-        Network::new(pool.clone(), log_store.durability()),
+        Network::new(pool.clone(), durability.clone()),
         log_store,
         state_machine,
     )
@@ -153,6 +154,10 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
     ));
 
     tokio::spawn(node.clone().stop_when_removed());
+    tokio::spawn(raft::sync_in_background_while_replicated(
+        raft.clone(),
+        durability,
+    ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(expiry::run(

@@ -20,6 +20,7 @@
 //! (the background one, or a synced write) that began after it has ended.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -89,6 +90,9 @@ pub struct Durability {
     db: Db,
     state: Mutex<State>,
     synced: watch::Sender<Synced>,
+    /// Whether a leader's own appends are synced in the background: set
+    /// while the cluster has voters other than this node.
+    leader_background: AtomicBool,
 }
 
 /// Why an entry cannot be known to be on disk.
@@ -102,7 +106,18 @@ impl Durability {
             db,
             state: Mutex::new(State::default()),
             synced: watch::channel(Synced::All).0,
+            leader_background: AtomicBool::new(false),
         })
+    }
+
+    /// Has this node's appends as leader synced in the background (`true`:
+    /// it has followers to replicate to meanwhile) or inline.
+    pub fn sync_leader_appends_in_background(&self, background: bool) {
+        self.leader_background.store(background, Ordering::Relaxed);
+    }
+
+    pub(crate) fn leader_appends_in_background(&self) -> bool {
+        self.leader_background.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -276,7 +276,7 @@ impl LogStore {
                 std::io::Error::other(e.to_string()),
             )
         };
-        if self.appended_as_leader(&appended) {
+        if self.durability.leader_appends_in_background() && self.appended_as_leader(&appended) {
             self.db.rocks().write(batch).map_err(|e| failed(&e))?;
             self.durability
                 .written_unsynced(first)
@@ -603,6 +603,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let (mut store, _sm) = crate::open(dir.path(), 7).await.unwrap();
         store.save_vote(&Vote::new_committed(1, 7)).await.unwrap();
+        store.durability.sync_leader_appends_in_background(true);
         let own = |index| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
             payload: EntryPayload::Blank,

@@ -9,6 +9,31 @@ pub mod service;
 // names them through this module, as the Raft layer they belong to.
 pub use cete_store::command::*;
 
+use std::sync::Arc;
+
+use cete_store::durability::Durability;
+
+/// Keeps the leader's own appends synced in the background while the
+/// cluster has other voters (the sync then overlaps their replication) and
+/// inline while this node is the only one (see cete_store::durability).
+/// Ends when Raft stops.
+pub async fn sync_in_background_while_replicated(raft: typ::Raft, durability: Arc<Durability>) {
+    let mut metrics = raft.server_metrics();
+    loop {
+        let others = {
+            let m = metrics.borrow_and_update();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|voter| voter != m.id)
+        };
+        durability.sync_leader_appends_in_background(others);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// openraft's settings for a node that snapshots every `snapshot_threshold` entries.
 pub fn openraft_config(snapshot_threshold: u64) -> anyhow::Result<openraft::Config> {
     let raft = openraft::Config {

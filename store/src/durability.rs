@@ -76,6 +76,13 @@ impl State {
         }
     }
 
+    /// Numbers an unsynced write starting at `first_index`, in write order.
+    fn record(&mut self, first_index: u64) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.unsynced.push_back(Unsynced { seq, first_index });
+    }
+
     /// Forgets the writes a sync that began after write `seq` covered.
     fn covered(&mut self, seq: u64) {
         while self.unsynced.front().is_some_and(|u| u.seq <= seq) {
@@ -138,9 +145,7 @@ impl Durability {
         if state.failed {
             return Err(SyncFailed);
         }
-        state.seq += 1;
-        let seq = state.seq;
-        state.unsynced.push_back(Unsynced { seq, first_index });
+        state.record(first_index);
         self.publish(&state);
         if !state.syncing {
             state.syncing = true;
@@ -192,9 +197,7 @@ impl Durability {
     #[cfg(test)]
     pub(crate) fn hold_unsynced(&self, first_index: u64) {
         let mut state = self.state();
-        state.seq += 1;
-        let seq = state.seq;
-        state.unsynced.push_back(Unsynced { seq, first_index });
+        state.record(first_index);
         self.publish(&state);
     }
 
@@ -273,9 +276,9 @@ mod tests {
     #[test]
     fn a_sync_covers_only_writes_made_before_it_began() {
         let mut state = State::default();
-        for (seq, first_index) in [(1, 1), (2, 3), (3, 2)] {
-            state.seq = seq;
-            state.unsynced.push_back(Unsynced { seq, first_index });
+        // Writes 1, 2 and 3, from these indexes.
+        for first_index in [1, 3, 2] {
+            state.record(first_index);
         }
         // A truncation rewrote index 2 after index 3: the least counts.
         assert_eq!(state.synced(), Synced::Before(1));

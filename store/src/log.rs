@@ -46,6 +46,9 @@ pub struct LogStore {
     durability: Arc<Durability>,
     /// The committed id saved last by this process.
     committed_hint: Arc<Mutex<Option<LogId>>>,
+    /// The newest committed id not yet saved because the log is not synced
+    /// that far; a task saves it once it is.
+    waiting_hint: Arc<Mutex<Option<LogId>>>,
 }
 
 /// Encoded bytes of entries the [`Tail`] keeps at most: enough for the
@@ -170,6 +173,7 @@ impl LogStore {
             tail: Arc::new(Mutex::new(Tail::with_limit(TAIL_BYTES))),
             durability,
             committed_hint: Arc::new(Mutex::new(None)),
+            waiting_hint: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -251,6 +255,35 @@ impl LogStore {
         )?;
         *saved = Some(committed);
         Ok(())
+    }
+
+    /// Saves the committed id that waits for the sync (the latest one a
+    /// commit gave) once the log is synced that far, until none waits.
+    async fn save_hints_once_synced(self) {
+        loop {
+            let Some(target) = *self
+                .waiting_hint
+                .lock()
+                .expect("hint lock is never poisoned")
+            else {
+                return;
+            };
+            if self.durability.wait_synced(target.index).await.is_err() {
+                // Nothing is synced after a failed sync: no later hint either.
+                return;
+            }
+            if let Err(e) = self.write_committed_hint(target) {
+                log::warn!("saving the committed index failed: {e}");
+            }
+            let mut waiting = self
+                .waiting_hint
+                .lock()
+                .expect("hint lock is never poisoned");
+            if *waiting == Some(target) {
+                *waiting = None;
+                return;
+            }
+        }
     }
 
     /// Writes `entries` as one batch, then keeps them in the tail. This
@@ -389,15 +422,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Nor ahead of the log on disk: a leader's own entries are committed
         // before it has synced them, so their hint waits for the sync.
+        // One task at a time waits; a later commit only moves its target.
         if let Some(ahead) = committed.filter(|c| !self.durability.is_synced(c.index)) {
-            let this = self.clone();
-            tokio::spawn(async move {
-                if this.durability.wait_synced(ahead.index).await.is_ok() {
-                    if let Err(e) = this.write_committed_hint(ahead) {
-                        log::warn!("saving the committed index failed: {e}");
-                    }
-                }
-            });
+            let waiting = self
+                .waiting_hint
+                .lock()
+                .expect("hint lock is never poisoned")
+                .replace(ahead);
+            if waiting.is_none() {
+                tokio::spawn(self.clone().save_hints_once_synced());
+            }
             return Ok(());
         }
         match committed {

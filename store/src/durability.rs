@@ -123,7 +123,7 @@ impl Durability {
         self.leader_background.store(background, Ordering::Relaxed);
     }
 
-    pub(crate) fn leader_appends_in_background(&self) -> bool {
+    pub fn leader_appends_in_background(&self) -> bool {
         self.leader_background.load(Ordering::Relaxed)
     }
 

@@ -164,6 +164,11 @@ impl KvReader {
         self.durability.wait_synced(index).await
     }
 
+    /// How this node's log reaches its disk.
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.durability
+    }
+
     /// The key's value, unless it is past its deadline by this node's
     /// clock: an expired key is never returned, even before its delete
     /// commits.

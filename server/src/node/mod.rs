@@ -99,7 +99,11 @@ impl Node {
             follower_read_batch: ReadBatcher::new(read_batch::DEFAULT_ROUNDS),
             id: node_id_of(&info.name),
             info,
-            proposer: Proposer::start(raft.clone(), proposer::Limits::default()),
+            proposer: Proposer::start(
+                raft.clone(),
+                proposer::Limits::default(),
+                reader.durability().clone(),
+            ),
             raft,
             reader,
             contacts: pool.contacts(),

@@ -25,7 +25,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
-use super::durability::{Durability, SyncFailed};
+use super::durability::Durability;
 use super::events::{self, Event, EventHub, WatchError, Watcher};
 use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
@@ -178,13 +178,8 @@ pub struct KeyEntry {
 }
 
 impl KvReader {
-    /// Waits until this node's log is on disk up to `index`: a leader
-    /// hands out a read index only then (see `durability`).
-    pub async fn wait_synced(&self, index: u64) -> Result<(), SyncFailed> {
-        self.durability.wait_synced(index).await
-    }
-
-    /// How this node's log reaches its disk.
+    /// How this node's log reaches its disk: a leader hands out a read
+    /// index only once its log is synced that far (see `durability`).
     pub fn durability(&self) -> &Arc<Durability> {
         &self.durability
     }

@@ -84,10 +84,14 @@ impl Node {
     pub async fn read_index_for_follower(&self) -> Result<u64> {
         let outcome = confirm_leadership(self.raft.clone()).await;
         let index = self.read_index_result(outcome)?;
-        self.reader.wait_synced(index).await.map_err(|e| {
-            self.storage_failure()
-                .unwrap_or(Error::Storage(e.to_string()))
-        })?;
+        self.reader
+            .durability()
+            .wait_synced(index)
+            .await
+            .map_err(|e| {
+                self.storage_failure()
+                    .unwrap_or(Error::Storage(e.to_string()))
+            })?;
         Ok(index)
     }
 

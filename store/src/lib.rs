@@ -115,6 +115,9 @@ impl Db {
         // never acknowledged.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_keep_log_file_num(4);
+        // The state machine's writes skip the write-ahead log (see
+        // `state_machine::unlogged`): its families must reach files together.
+        opts.set_atomic_flush(true);
         // A memory budget instead of RocksDB's per-family defaults (a 64 MiB
         // memtable, up to two, and an 8 MiB block cache for each of six
         // families): all memtables together stay under 32 MiB, flushed

@@ -27,6 +27,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use super::durability::Durability;
+use super::state_machine;
 use super::{blocking, decode, encode, io_err, Db, StoreError, CF_LOGS, CF_RAFT};
 use crate::command::typ::{Entry, LogId, StorageError, Vote};
 use crate::command::TypeConfig;
@@ -500,6 +501,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await?;
         let db = self.db.clone();
         blocking(move || {
+            // Applied entries are not in the WAL: until the state machine is
+            // flushed past them, a restart applies them again from here.
+            state_machine::persist_through(&db, log_id.index)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
             db.rocks()
                 .delete_range_cf(db.cf(CF_LOGS), index_key(0), index_key(log_id.index + 1))
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))

@@ -3,9 +3,10 @@
 //!
 //! Applying a batch of entries writes the data changes, the new last-applied
 //! log id, the revision and any membership change in one atomic WriteBatch,
-//! so the state machine is never half-applied. It is not synced: after a
-//! crash, entries past the durable last-applied id are applied again from
-//! the (synced) log.
+//! so the state machine is never half-applied. It goes to the memtables
+//! only, not to the write-ahead log (see [`unlogged`]): after a crash,
+//! entries past the last-applied id of the last flush are applied again
+//! from the (synced) log.
 //!
 //! Revisions are the state machine's own, as etcd's store revision: a
 //! counter advanced by one for every write that changes a key, stored with
@@ -21,7 +22,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{
+    Direction, FlushOptions, IteratorMode, ReadOptions, ReadTier, WriteBatch, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
@@ -29,7 +32,9 @@ use super::durability::Durability;
 use super::events::{self, Event, EventHub, WatchError, Watcher};
 use super::snapshot::{self, SnapshotError, SnapshotHeader, SnapshotWriter};
 use super::value::{self, StoredValue, ValueMeta};
-use super::{blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_EXPIRY, CF_META};
+use super::{
+    blocking, decode, encode, io_err, Db, StoreError, CF_DATA, CF_EVENTS, CF_EXPIRY, CF_META,
+};
 use crate::command::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use crate::command::{
     Command, CommandResult, Compare, GotValue, Precondition, ProposalResult, SnapshotData, Txn,
@@ -74,6 +79,59 @@ pub struct StateMachine {
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+/// Options of the writes that apply entries: memtables only, no write-ahead
+/// log. The synced Raft log already holds every entry applied, so a second
+/// copy in the WAL buys nothing (a 4 KiB value went in three times: entry,
+/// data, event). After a crash openraft applies again the entries past the
+/// last flushed last-applied id. This needs two things: `atomic_flush`
+/// (lib.rs), so that a flush never persists data without the last-applied id
+/// and revision that describe it; and a log purged only behind a flushed
+/// state machine ([`persist_through`]).
+fn unlogged() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    opts
+}
+
+/// The families of the state machine, flushed together.
+const STATE_MACHINE_FAMILIES: [&str; 4] = [CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY];
+
+/// Flushes the state machine's memtables to files (atomically, with its
+/// last-applied id), so that nothing applied so far needs the log again.
+fn persist(db: &Db) -> Result<(), rocksdb::Error> {
+    let families: Vec<_> = STATE_MACHINE_FAMILIES
+        .iter()
+        .map(|name| db.cf(name))
+        .collect();
+    let mut wait = FlushOptions::default();
+    wait.set_wait(true);
+    db.rocks().flush_cfs_opt(&families, &wait)
+}
+
+/// The last-applied index a restart would find: the flushed one.
+fn persisted_last_applied(db: &Db) -> Result<Option<u64>, StoreError> {
+    let mut opts = ReadOptions::default();
+    opts.set_read_tier(ReadTier::Persisted);
+    match db
+        .rocks()
+        .get_cf_opt(db.cf(CF_META), KEY_LAST_APPLIED, &opts)?
+    {
+        Some(raw) => Ok(decode::<Option<LogId>>("state machine meta", &raw)?.map(|id| id.index)),
+        None => Ok(None),
+    }
+}
+
+/// Makes sure a restart finds the state machine applied through `index` at
+/// least (flushing it if not): the log up to `index` is about to be purged,
+/// and could not be applied again. Called from a blocking context.
+pub(crate) fn persist_through(db: &Db, index: u64) -> Result<(), StoreError> {
+    if persisted_last_applied(db)?.is_some_and(|applied| applied >= index) {
+        return Ok(());
+    }
+    persist(db)?;
+    Ok(())
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -1001,7 +1059,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let oldest = events::record(&db, &mut batch, &events, revision, history, oldest)
                 .map_err(|e| sm_err(ErrorVerb::Read, e))?;
             db.rocks()
-                .write(batch)
+                .write_opt(batch, &unlogged())
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             Ok::<_, StorageError>((results, last_applied, membership, events, oldest, revision))
         };
@@ -1129,15 +1187,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Writes the current snapshot file from the applied state and records it.
 fn build_snapshot_file(db: &Db) -> Result<(SnapshotMeta, String), SnapshotError> {
-    // The log behind this snapshot is purged next: make the state
-    // machine it describes durable first.
-    db.rocks()
-        .flush_wal(true)
-        .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
     let tmp = db
         .snapshot_dir()
         .join(format!("building-{}.tmp", unix_millis()));
     let (meta, records) = write_snapshot_file(db, &tmp)?;
+    // The log behind this snapshot is purged next: make the state machine
+    // it describes durable first (here, off openraft's core, so that the
+    // purge finds it done). After the file: the flush then holds all the
+    // file holds.
+    persist(db).map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
     let file = format!("{}.snap", meta.snapshot_id);
     std::fs::rename(&tmp, db.snapshot_dir().join(&file))?;
     sync_dir(&db.snapshot_dir())?;
@@ -1227,6 +1285,37 @@ mod tests {
     async fn open_sm(dir: &Path) -> StateMachine {
         let (_, sm) = crate::open(dir, 0).await.unwrap();
         sm
+    }
+
+    /// Applied entries reach neither the WAL nor a file at once; the log
+    /// behind them is purged only once the state machine's files hold them
+    /// (else a restart could not apply them again).
+    #[tokio::test]
+    async fn the_log_is_purged_only_behind_a_flushed_state_machine() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = crate::open(dir.path(), 0).await.unwrap();
+        sm.apply(vec![
+            entry(1, put("a", "1", None)),
+            entry(2, put("b", "2", None)),
+        ])
+        .await
+        .unwrap();
+        let mut persisted = ReadOptions::default();
+        persisted.set_read_tier(ReadTier::Persisted);
+        let persisted_value = |key: &[u8]| {
+            sm.db
+                .rocks()
+                .get_cf_opt(sm.db.cf(CF_DATA), key, &persisted)
+                .unwrap()
+        };
+        assert_eq!(persisted_last_applied(&sm.db).unwrap(), None);
+        assert_eq!(persisted_value(b"b"), None, "an applied write was logged");
+        log.purge(LogId::new(CommittedLeaderId::new(1, 0), 2))
+            .await
+            .unwrap();
+        assert_eq!(persisted_last_applied(&sm.db).unwrap(), Some(2));
+        assert!(persisted_value(b"b").is_some());
     }
 
     /// A leader's own entries can be committed before they are on its

@@ -126,8 +126,14 @@ async fn get(client: &reqwest::Client, node: &NodeProc, key: &str, stale: bool) 
     }
 }
 
+/// Incompressible bytes, different for every `i`: RocksDB compresses its
+/// files, and the state machine's writes reach only files (not the WAL), so
+/// a patterned value would take a fraction of its size on disk.
 fn value_of(i: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|b| (b * 31 + i * 7) as u8).collect()
+    use rand::{RngCore, SeedableRng};
+    let mut value = vec![0; len];
+    rand::rngs::StdRng::seed_from_u64(i as u64).fill_bytes(&mut value);
+    value
 }
 
 /// Fill the data directory until writes fail: they fail with a 5xx JSON

@@ -124,11 +124,24 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
                 config.data_directory.display()
             )
         })?;
-    let ready_after = log_store
-        .read_committed()
-        .await
-        .context("reading the committed index")?
-        .map_or(0, |l| l.index);
+    let recovered = node::Recovered {
+        committed: log_store
+            .read_committed()
+            .await
+            .context("reading the committed index")?
+            .map_or(0, |l| l.index),
+        last_log: log_store
+            .get_log_state()
+            .await
+            .context("reading the log state")?
+            .last_log_id
+            .map_or(0, |l| l.index),
+        term: log_store
+            .read_vote()
+            .await
+            .context("reading the vote")?
+            .map_or(0, |v| v.leader_id.term),
+    };
     let state_machine = state_machine.with_watch_history(config.watch_history);
     let reader = state_machine.reader();
     let metrics = Arc::new(metrics::Metrics::new(reader.db().snapshot_metrics()));
@@ -148,7 +161,7 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         raft.clone(),
         reader,
         pool.clone(),
-        ready_after,
+        recovered,
         config.max_value_size,
         config.data_directory.clone(),
     ));

@@ -45,8 +45,8 @@ pub struct Node {
     peers: PeerClient,
     /// When each peer last answered this node's AppendEntries.
     contacts: Contacts,
-    /// Applied index this node must reach before it calls itself ready.
-    ready_after: u64,
+    /// What the log held when this process started.
+    recovered: Recovered,
     pub max_value_size: u64,
     data_directory: PathBuf,
     /// Set once this node learns it was removed from the cluster.
@@ -60,6 +60,22 @@ pub struct Node {
     follower_read_batch: std::sync::Arc<ReadBatcher<Result<u64>>>,
     /// Set when the node must be started again in place (see `Restart`).
     restart: tokio::sync::watch::Sender<Option<Restart>>,
+}
+
+/// What this node's log held when the process started, read before Raft
+/// starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recovered {
+    /// The committed index saved last (a hint, possibly behind): the applied
+    /// index this node must reach before it calls itself ready.
+    pub committed: u64,
+    /// The index of the last entry in the log. Every write acknowledged
+    /// before the restart is at or below it, so no read index handed out
+    /// in the term the process started in is lower (see
+    /// `Node::read_index_result`).
+    pub last_log: u64,
+    /// The term of the vote saved last.
+    pub term: u64,
 }
 
 /// The current leader's addresses as `raft` knows them, if any.
@@ -86,7 +102,7 @@ impl Node {
         raft: Raft,
         reader: KvReader,
         pool: ChannelPool,
-        ready_after: u64,
+        recovered: Recovered,
         max_value_size: u64,
         data_directory: PathBuf,
     ) -> Node {
@@ -108,7 +124,7 @@ impl Node {
             reader,
             contacts: pool.contacts(),
             peers: PeerClient::new(pool),
-            ready_after,
+            recovered,
             max_value_size,
         }
     }

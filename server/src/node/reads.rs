@@ -14,7 +14,11 @@ pub enum Consistency {
 /// What one leadership confirmation gave, shared by the reads it serves.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ReadIndex {
-    At(u64),
+    /// The index, and the term this node was in before it asked.
+    At {
+        index: u64,
+        term_before: u64,
+    },
     NotLeader,
     NoQuorum,
     Stopped,
@@ -22,8 +26,12 @@ pub(super) enum ReadIndex {
 
 /// One leadership confirmation: the read index, or why there is none.
 pub(super) async fn confirm_leadership(raft: Raft) -> ReadIndex {
+    let term_before = raft.metrics().borrow().current_term;
     match raft.get_read_log_id().await {
-        Ok((read, _)) => ReadIndex::At(read.map_or(0, |l| l.index)),
+        Ok((read, _)) => ReadIndex::At {
+            index: read.map_or(0, |l| l.index),
+            term_before,
+        },
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => ReadIndex::NotLeader,
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => ReadIndex::NoQuorum,
         Err(RaftError::Fatal(_)) => ReadIndex::Stopped,
@@ -104,9 +112,29 @@ impl Node {
         ]
     }
 
+    /// openraft 0.9 restores a restarted leader at once, in the term it
+    /// led, with the commit index its storage gave back: the saved hint or
+    /// the state machine's flushed last-applied id, both possibly behind
+    /// writes it acknowledged before the crash. Its read index (the first
+    /// entry of its term, or that commit index) could then miss them; the
+    /// last entry in the log at startup covers them. A later term starts
+    /// with an election, whose first entry comes after every acknowledged
+    /// write (and the log may since have been cut below that last entry).
+    /// `term_before` was read before the index was asked for: the index is
+    /// of that term or a later one.
+    fn restored_leader_read_index(&self, index: u64, term_before: u64) -> u64 {
+        if term_before <= self.recovered.term {
+            index.max(self.recovered.last_log)
+        } else {
+            index
+        }
+    }
+
     pub(super) fn read_index_result(&self, outcome: ReadIndex) -> Result<u64> {
         match outcome {
-            ReadIndex::At(index) => Ok(index),
+            ReadIndex::At { index, term_before } => {
+                Ok(self.restored_leader_read_index(index, term_before))
+            }
             ReadIndex::NotLeader => Err(self.not_leader()),
             ReadIndex::NoQuorum => Err(Error::Timeout(
                 "the leader could not confirm its leadership with a quorum".into(),

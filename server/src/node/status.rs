@@ -196,10 +196,10 @@ impl Node {
             }
         }
         let applied = m.last_applied.map_or(0, |l| l.index);
-        if applied < self.ready_after {
+        if applied < self.recovered.committed {
             return Err(format!(
                 "applied index {applied} is behind the commit index {} known at startup",
-                self.ready_after
+                self.recovered.committed
             ));
         }
         Ok(())

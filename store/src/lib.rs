@@ -93,6 +93,11 @@ pub struct Db {
     inner: Arc<DB>,
     dir: PathBuf,
     snapshot_metrics: Arc<SnapshotMetrics>,
+    /// Held while a snapshot file is put in place, recorded as the current
+    /// one and the others removed: a snapshot built while another is
+    /// installed (they run in separate openraft tasks) must not remove or
+    /// replace the other's files halfway.
+    snapshot_files: Arc<std::sync::Mutex<()>>,
 }
 
 impl Db {
@@ -147,6 +152,7 @@ impl Db {
             inner: Arc::new(inner),
             dir: data_directory.to_path_buf(),
             snapshot_metrics: Arc::default(),
+            snapshot_files: Arc::default(),
         };
         db.check_format(existed)?;
         Ok(db)
@@ -227,6 +233,14 @@ impl Db {
 
     pub fn snapshot_dir(&self) -> PathBuf {
         snapshot_dir(&self.dir)
+    }
+
+    /// The lock over the snapshot files' last steps (see the field). Held
+    /// on blocking threads only.
+    pub(crate) fn lock_snapshot_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.snapshot_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts of snapshots built and installed on this database.

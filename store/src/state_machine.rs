@@ -145,6 +145,7 @@ impl StateMachine {
     pub async fn open(db: Db, durability: Arc<Durability>) -> Result<StateMachine, StoreError> {
         let db2 = db.clone();
         blocking(move || -> Result<(), StoreError> {
+            remove_unfinished_snapshots(&db2);
             if let Some(file) = read_meta::<String>(&db2, KEY_INSTALL_PENDING)? {
                 log::warn!("finishing the snapshot install interrupted by a crash ({file})");
                 let path = db2.snapshot_dir().join(&file);
@@ -540,17 +541,41 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Deletes every snapshot file but `keep`.
+/// Removes the snapshot files but `keep`. Files still being written (a
+/// snapshot built or received meanwhile, `*.tmp`) stay: they are removed at
+/// open ([`remove_unfinished_snapshots`]), when none can be.
 fn remove_other_snapshots(db: &Db, keep: &str) {
+    remove_snapshot_files(db, |name| name != keep && name.ends_with(".snap"));
+}
+
+/// Removes what a crash left of snapshots being built or received.
+fn remove_unfinished_snapshots(db: &Db) {
+    remove_snapshot_files(db, |name| name.ends_with(".tmp"));
+}
+
+fn remove_snapshot_files(db: &Db, remove: impl Fn(&str) -> bool) {
     let Ok(dir) = std::fs::read_dir(db.snapshot_dir()) else {
         return;
     };
     for entry in dir.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name != keep && (name.ends_with(".snap") || name.ends_with(".tmp")) {
+        if remove(&entry.file_name().to_string_lossy()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether the snapshot recorded as current is newer than `meta` (one
+/// installed while `meta`'s was being built).
+fn newer_snapshot_recorded(db: &Db, meta: &SnapshotMeta) -> Result<bool, SnapshotError> {
+    let corrupt = |e: String| SnapshotError::Corrupt(e);
+    let Some(current) =
+        read_meta::<CurrentSnapshot>(db, KEY_SNAPSHOT).map_err(|e| corrupt(e.to_string()))?
+    else {
+        return Ok(false);
+    };
+    let recorded: SnapshotMeta =
+        serde_json::from_str(&current.meta_json).map_err(|e| corrupt(e.to_string()))?;
+    Ok(recorded.last_log_id > meta.last_log_id)
 }
 
 fn record_current_snapshot(db: &Db, batch: &mut WriteBatch, meta: &SnapshotMeta, file: &str) {
@@ -592,6 +617,7 @@ fn load_snapshot_data(db: &Db, path: &Path) -> Result<(WriteBatch, u64), Snapsho
 fn install_file(db: &Db, path: &Path, file: &str) -> Result<SnapshotHeader, SnapshotError> {
     let rocks_err = |e: rocksdb::Error| SnapshotError::Io(std::io::Error::other(e));
     let (header, records) = snapshot::verify(path)?;
+    let _files = db.lock_snapshot_files();
     let meta = &header.meta;
     let mut sync = rocksdb::WriteOptions::default();
     sync.set_sync(true);
@@ -1097,7 +1123,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .open(&path)
             .await
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        self.receiving = Some(path);
+        // A transfer given up for a new one leaves its file behind.
+        if let Some(abandoned) = self.receiving.replace(path) {
+            let _ = tokio::fs::remove_file(abandoned).await;
+        }
         Ok(Box::new(file))
     }
 
@@ -1185,8 +1214,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Writes the current snapshot file from the applied state and records it.
-fn build_snapshot_file(db: &Db) -> Result<(SnapshotMeta, String), SnapshotError> {
+/// Writes a snapshot file from the applied state and records it as the
+/// current one, unless a newer one was installed meanwhile. Returns it open:
+/// the file of one not recorded is removed at once.
+fn build_snapshot_file(db: &Db) -> Result<(SnapshotMeta, std::fs::File), SnapshotError> {
+    let built = write_building_file(db)?;
+    finish_building(db, built)
+}
+
+/// A snapshot file written, not yet put in place.
+struct Built {
+    meta: SnapshotMeta,
+    tmp: PathBuf,
+    records: u64,
+}
+
+fn write_building_file(db: &Db) -> Result<Built, SnapshotError> {
     let tmp = db
         .snapshot_dir()
         .join(format!("building-{}.tmp", unix_millis()));
@@ -1196,8 +1239,27 @@ fn build_snapshot_file(db: &Db) -> Result<(SnapshotMeta, String), SnapshotError>
     // purge finds it done). After the file: the flush then holds all the
     // file holds.
     persist(db).map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+    Ok(Built { meta, tmp, records })
+}
+
+fn finish_building(
+    db: &Db,
+    Built { meta, tmp, records }: Built,
+) -> Result<(SnapshotMeta, std::fs::File), SnapshotError> {
+    let _files = db.lock_snapshot_files();
+    if newer_snapshot_recorded(db, &meta)? {
+        // openraft keeps the newer one; this one only answers the build.
+        let handle = std::fs::File::open(&tmp)?;
+        std::fs::remove_file(&tmp)?;
+        log::info!(
+            "built snapshot {} but kept the newer one installed meanwhile",
+            meta.snapshot_id
+        );
+        return Ok((meta, handle));
+    }
     let file = format!("{}.snap", meta.snapshot_id);
-    std::fs::rename(&tmp, db.snapshot_dir().join(&file))?;
+    let path = db.snapshot_dir().join(&file);
+    std::fs::rename(&tmp, &path)?;
     sync_dir(&db.snapshot_dir())?;
     let mut batch = WriteBatch::default();
     record_current_snapshot(db, &mut batch, &meta, &file);
@@ -1206,13 +1268,14 @@ fn build_snapshot_file(db: &Db) -> Result<(SnapshotMeta, String), SnapshotError>
     db.rocks()
         .write_opt(batch, &sync)
         .map_err(|e| SnapshotError::Io(std::io::Error::other(e)))?;
+    let handle = std::fs::File::open(&path)?;
     remove_other_snapshots(db, &file);
     log::info!(
         "built snapshot {} ({records} keys, last log id {:?})",
         meta.snapshot_id,
         meta.last_log_id
     );
-    Ok((meta, file))
+    Ok((meta, handle))
 }
 
 /// Builds a snapshot from a consistent RocksDB view while writes go on.
@@ -1228,18 +1291,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         self.db.snapshot_metrics().built(started.elapsed());
-        let handle = tokio::fs::File::open(self.db.snapshot_dir().join(&file))
-            .await
-            .map_err(|e| {
-                io_err(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Read,
-                    e,
-                )
-            })?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(handle),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -1509,6 +1563,57 @@ mod tests {
 
     /// Installing a snapshot replaces the whole state: keys it lacks are gone
     /// (the original Cete let deleted keys come back here).
+    /// openraft builds a snapshot in a task of its own, so an install can
+    /// land while a build is writing its file: neither may remove the
+    /// other's file (a failed build or install stops the node), and the
+    /// newer snapshot stays the current one.
+    #[tokio::test]
+    async fn a_snapshot_built_while_a_newer_one_is_installed_keeps_the_newer() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let mut source = open_sm(source_dir.path()).await;
+        source
+            .apply(vec![entry(7, put("k", "new", None))])
+            .await
+            .unwrap();
+        let newer = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let bytes = std::fs::read(
+            source_dir
+                .path()
+                .join("snapshots")
+                .join(format!("{}.snap", newer.meta.snapshot_id)),
+        )
+        .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path()).await;
+        sm.apply(vec![entry(2, put("k", "old", None))])
+            .await
+            .unwrap();
+        let db = sm.db.clone();
+        let building = blocking(move || write_building_file(&db)).await.unwrap();
+        let mut file = sm.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&bytes).await.unwrap();
+        sm.install_snapshot(&newer.meta, file).await.unwrap();
+        let db = sm.db.clone();
+        let (built, _) = blocking(move || finish_building(&db, building))
+            .await
+            .expect("the build finishes beside the install");
+        assert_eq!(built.last_log_id.map(|l| l.index), Some(2));
+
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, newer.meta.snapshot_id);
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, vec![format!("{}.snap", newer.meta.snapshot_id)]);
+    }
+
     #[tokio::test]
     async fn install_replaces_everything() {
         let source_dir = tempfile::tempdir().unwrap();

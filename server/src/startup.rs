@@ -302,19 +302,15 @@ pub async fn run(
             }
             restart = node.restart_requested() => Some(restart),
         };
-        let db = node.reader().db().downgrade();
+        let db_closed = node.reader().db().closed();
         drop(node);
         handle.shutdown().await;
         let Some(restart) = restart else {
             return Ok(());
         };
-        // The database must be closed before its files go or it reopens.
-        let closed = tokio::time::timeout(Duration::from_secs(30), async {
-            while db.strong_count() > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        // The database must be closed (RocksDB done writing) before its
+        // files go or it reopens.
+        let closed = tokio::time::timeout(Duration::from_secs(30), db_closed).await;
         anyhow::ensure!(closed.is_ok(), "the database did not close for a restart");
         if restart == node::Restart::WipeForJoin {
             let dir = config.data_directory.clone();

@@ -87,10 +87,19 @@ pub enum StoreError {
     OldFormat { path: PathBuf, found: u32 },
 }
 
+/// RocksDB, and a signal that goes once it is closed. Fields drop in
+/// order: `closed` only after `rocks` has finished closing (its last flush
+/// writes files), while an `Arc`'s strong count is already 0 while the
+/// drop runs.
+struct Open {
+    rocks: DB,
+    closed: tokio::sync::watch::Sender<()>,
+}
+
 /// The open database, shared by the log store and the state machine.
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<DB>,
+    inner: Arc<Open>,
     dir: PathBuf,
     snapshot_metrics: Arc<SnapshotMetrics>,
     /// Held while a snapshot file is put in place, recorded as the current
@@ -149,7 +158,10 @@ impl Db {
                 source,
             })?;
         let db = Db {
-            inner: Arc::new(inner),
+            inner: Arc::new(Open {
+                rocks: inner,
+                closed: tokio::sync::watch::channel(()).0,
+            }),
             dir: data_directory.to_path_buf(),
             snapshot_metrics: Arc::default(),
             snapshot_files: Arc::default(),
@@ -161,7 +173,7 @@ impl Db {
     fn is_empty(&self) -> Result<bool, StoreError> {
         for name in [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY] {
             if let Some(item) = self
-                .inner
+                .rocks()
                 .iterator_cf(self.cf(name), IteratorMode::Start)
                 .next()
             {
@@ -175,7 +187,7 @@ impl Db {
     /// Refuses a database of another storage format; records the format in a new one.
     fn check_format(&self, existed: bool) -> Result<(), StoreError> {
         let meta = self.cf(CF_META);
-        match self.inner.get_cf(meta, KEY_STORAGE_FORMAT)? {
+        match self.rocks().get_cf(meta, KEY_STORAGE_FORMAT)? {
             Some(raw) => {
                 let found = raw
                     .as_slice()
@@ -201,7 +213,7 @@ impl Db {
             None => {
                 let mut sync = rocksdb::WriteOptions::default();
                 sync.set_sync(true);
-                self.inner.put_cf_opt(
+                self.rocks().put_cf_opt(
                     meta,
                     KEY_STORAGE_FORMAT,
                     STORAGE_FORMAT.to_be_bytes(),
@@ -212,17 +224,22 @@ impl Db {
         }
     }
 
-    /// A handle that does not keep the database open.
-    pub fn downgrade(&self) -> std::sync::Weak<DB> {
-        Arc::downgrade(&self.inner)
+    /// Waits until the database is closed: every handle dropped and RocksDB
+    /// done writing its files. Does not keep it open.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.inner.closed.subscribe();
+        async move {
+            // Nothing is ever sent: this ends when the sender is dropped.
+            while closed.changed().await.is_ok() {}
+        }
     }
 
     pub fn rocks(&self) -> &DB {
-        &self.inner
+        &self.inner.rocks
     }
 
     pub fn cf(&self, name: &'static str) -> &ColumnFamily {
-        self.inner
+        self.rocks()
             .cf_handle(name)
             .expect("column families are created at open")
     }
@@ -253,7 +270,7 @@ impl Db {
         [CF_LOGS, CF_RAFT, CF_DATA, CF_META, CF_EVENTS, CF_EXPIRY]
             .into_iter()
             .filter_map(|name| {
-                self.inner
+                self.rocks()
                     .property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")
                     .ok()
                     .flatten()
@@ -365,3 +382,41 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A restart wipes or reopens the directory once `closed` ends: by then
+    /// RocksDB must be done with its files (its lock released, too).
+    #[tokio::test]
+    async fn closed_ends_once_rocksdb_has_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut unlogged = rocksdb::WriteOptions::default();
+        unlogged.disable_wal(true);
+        // Unlogged data makes the close flush it: files are written then.
+        db.rocks()
+            .put_cf_opt(db.cf(CF_DATA), b"k", b"v", &unlogged)
+            .unwrap();
+        let closed = db.closed();
+        let other = db.clone();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), db.closed())
+                .await
+                .is_err(),
+            "closed while open"
+        );
+        drop(other);
+        std::thread::spawn(move || drop(db));
+        tokio::time::timeout(Duration::from_secs(30), closed)
+            .await
+            .expect("closed in time");
+        let reopened = Db::open(dir.path()).expect("the lock is released");
+        assert_eq!(
+            reopened.rocks().get_cf(reopened.cf(CF_DATA), b"k").unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+}

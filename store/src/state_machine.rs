@@ -60,6 +60,12 @@ struct CurrentSnapshot {
     file: String,
 }
 
+impl CurrentSnapshot {
+    fn meta(&self) -> Result<SnapshotMeta, serde_json::Error> {
+        serde_json::from_str(&self.meta_json)
+    }
+}
+
 pub struct StateMachine {
     db: Db,
     last_applied: Option<LogId>,
@@ -567,15 +573,13 @@ fn remove_snapshot_files(db: &Db, remove: impl Fn(&str) -> bool) {
 /// Whether the snapshot recorded as current is newer than `meta` (one
 /// installed while `meta`'s was being built).
 fn newer_snapshot_recorded(db: &Db, meta: &SnapshotMeta) -> Result<bool, SnapshotError> {
-    let corrupt = |e: String| SnapshotError::Corrupt(e);
-    let Some(current) =
-        read_meta::<CurrentSnapshot>(db, KEY_SNAPSHOT).map_err(|e| corrupt(e.to_string()))?
-    else {
-        return Ok(false);
-    };
-    let recorded: SnapshotMeta =
-        serde_json::from_str(&current.meta_json).map_err(|e| corrupt(e.to_string()))?;
-    Ok(recorded.last_log_id > meta.last_log_id)
+    let corrupt = |e: &dyn std::fmt::Display| SnapshotError::Corrupt(e.to_string());
+    match read_meta::<CurrentSnapshot>(db, KEY_SNAPSHOT).map_err(|e| corrupt(&e))? {
+        Some(current) => {
+            Ok(current.meta().map_err(|e| corrupt(&e))?.last_log_id > meta.last_log_id)
+        }
+        None => Ok(false),
+    }
 }
 
 fn record_current_snapshot(db: &Db, batch: &mut WriteBatch, meta: &SnapshotMeta, file: &str) {
@@ -1185,7 +1189,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let Some(recorded) = current else {
                 return Ok(None);
             };
-            let meta: SnapshotMeta = serde_json::from_str(&recorded.meta_json)
+            let meta = recorded
+                .meta()
                 .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
             match tokio::fs::File::open(self.db.snapshot_dir().join(&recorded.file)).await {
                 Ok(file) => {
@@ -1334,6 +1339,19 @@ mod tests {
             key: key.into(),
             precondition,
         }
+    }
+
+    /// Builds a snapshot of `sm` (whose directory is `dir`) and returns it with its file's bytes.
+    async fn built_snapshot(sm: &mut StateMachine, dir: &Path) -> (Snapshot, Vec<u8>) {
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let file = format!("{}.snap", snapshot.meta.snapshot_id);
+        let bytes = std::fs::read(dir.join("snapshots").join(file)).unwrap();
+        (snapshot, bytes)
     }
 
     async fn open_sm(dir: &Path) -> StateMachine {
@@ -1575,19 +1593,7 @@ mod tests {
             .apply(vec![entry(7, put("k", "new", None))])
             .await
             .unwrap();
-        let newer = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let bytes = std::fs::read(
-            source_dir
-                .path()
-                .join("snapshots")
-                .join(format!("{}.snap", newer.meta.snapshot_id)),
-        )
-        .unwrap();
+        let (newer, bytes) = built_snapshot(&mut source, source_dir.path()).await;
 
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open_sm(dir.path()).await;
@@ -1629,15 +1635,7 @@ mod tests {
             .apply(vec![entry(8, delete("gone", None))])
             .await
             .unwrap();
-        let mut builder = source.get_snapshot_builder().await;
-        let snapshot = builder.build_snapshot().await.unwrap();
-        let bytes = std::fs::read(
-            source_dir
-                .path()
-                .join("snapshots")
-                .join(format!("{}.snap", snapshot.meta.snapshot_id)),
-        )
-        .unwrap();
+        let (snapshot, bytes) = built_snapshot(&mut source, source_dir.path()).await;
 
         let target_dir = tempfile::tempdir().unwrap();
         let mut target = open_sm(target_dir.path()).await;
@@ -2015,19 +2013,7 @@ mod tests {
             )])
             .await
             .unwrap();
-        let snapshot = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let bytes = std::fs::read(
-            source_dir
-                .path()
-                .join("snapshots")
-                .join(format!("{}.snap", snapshot.meta.snapshot_id)),
-        )
-        .unwrap();
+        let (snapshot, bytes) = built_snapshot(&mut source, source_dir.path()).await;
         let target_dir = tempfile::tempdir().unwrap();
         let mut target = open_sm(target_dir.path()).await;
         // A stale index entry of the target's own must not survive the install.

@@ -72,7 +72,7 @@ pub struct Recovered {
     /// The index of the last entry in the log. Every write acknowledged
     /// before the restart is at or below it, so no read index handed out
     /// in the term the process started in is lower (see
-    /// `Node::read_index_result`).
+    /// `Node::restored_leader_read_index`).
     pub last_log: u64,
     /// The term of the vote saved last.
     pub term: u64,

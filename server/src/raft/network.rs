@@ -1,6 +1,14 @@
 //! The tonic client side of Raft: how this node sends votes, appends and
 //! snapshot chunks to its peers. Channels are pooled per address and
 //! reconnect on their own after failures; every call has a deadline.
+//!
+//! Appends go over one long-lived stream per peer (`AppendEntriesStream`),
+//! as etcd's rafthttp keeps a stream per peer for its append messages: a
+//! unary call costs a new HTTP/2 stream with headers and trailers each way
+//! and a task on the peer, which measured most of an append's round trip on
+//! one host. openraft sends one append at a time per peer, so the stream
+//! carries one request and then its reply; a stream that fails or times out
+//! is dropped, and the next append opens a new one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +24,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{NodeId, NodeInfo, TypeConfig};
@@ -120,6 +129,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.pool.channel(&node.raft_address).map(RaftClient::new),
             contacts: self.pool.contacts(),
             durability: self.durability.clone(),
+            appends: None,
+            appends_unimplemented: false,
         }
     }
 }
@@ -130,6 +141,18 @@ pub struct PeerConnection {
     client: Result<RaftClient<Channel>, tonic::transport::Error>,
     contacts: Contacts,
     durability: Arc<Durability>,
+    /// The open append stream to the peer, if any.
+    appends: Option<AppendStream>,
+    /// The peer answered UNIMPLEMENTED to a stream (an older Cete during a
+    /// rolling upgrade): appends to it are unary calls.
+    appends_unimplemented: bool,
+}
+
+/// One `AppendEntriesStream` call: requests go out on `requests`, replies
+/// come back in the same order on `replies`.
+struct AppendStream {
+    requests: mpsc::Sender<RaftPayload>,
+    replies: tonic::Streaming<RaftReply>,
 }
 
 pub(crate) use cete_store::codec::{decode, encode};
@@ -162,10 +185,18 @@ impl PeerConnection {
             "append_entries" => client.append_entries(req).await,
             _ => client.install_snapshot(req).await,
         };
-        let reply: RaftReply = match reply {
-            Ok(reply) => reply.into_inner(),
-            Err(status) => return Err(status_to_rpc_error(status)),
-        };
+        match reply {
+            Ok(reply) => self.decode_reply(reply.into_inner()),
+            Err(status) => Err(status_to_rpc_error(status)),
+        }
+    }
+
+    /// openraft's response, or the peer's error, out of `reply`.
+    fn decode_reply<Resp, E>(&self, reply: RaftReply) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let net_err = |e: cete_store::codec::CodecError| RPCError::Network(NetworkError::new(&e));
         if !reply.error.is_empty() {
             let err: RaftError<NodeId, E> = decode(&reply.error).map_err(net_err)?;
@@ -176,6 +207,74 @@ impl PeerConnection {
             )));
         }
         decode(&reply.data).map_err(net_err)
+    }
+
+    /// Sends `rpc` on the append stream (opened first if there is none) and
+    /// waits for its reply, all within the call's deadline.
+    async fn append_on_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let payload = RaftPayload { data: encode(rpc) };
+        let deadline = option.hard_ttl();
+        let reply = match tokio::time::timeout(deadline, self.exchange(payload)).await {
+            Ok(Ok(Some(reply))) => reply,
+            Ok(Ok(None)) => {
+                // The peer has no such method: an older Cete.
+                self.appends_unimplemented = true;
+                return self.call("append_entries", rpc, option).await;
+            }
+            Ok(Err(e)) => {
+                self.appends = None;
+                return Err(e);
+            }
+            Err(_) => {
+                // A reply may still come on this stream; it would answer the
+                // wrong request, so the stream goes.
+                self.appends = None;
+                let status = tonic::Status::deadline_exceeded(format!(
+                    "no append reply within {deadline:?}"
+                ));
+                return Err(RPCError::Network(NetworkError::new(&status)));
+            }
+        };
+        self.decode_reply(reply)
+    }
+
+    /// One request and its reply on the append stream; `None` when the
+    /// peer does not serve streams.
+    async fn exchange(
+        &mut self,
+        payload: RaftPayload,
+    ) -> RpcResult<Option<RaftReply>, openraft::error::Infallible> {
+        if self.appends.is_none() {
+            let mut client = match &self.client {
+                Ok(client) => client.clone(),
+                Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
+            };
+            let (requests, outgoing) = mpsc::channel(1);
+            let opened = client
+                .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+                .await;
+            let replies = match opened {
+                Ok(replies) => replies.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+                Err(status) => return Err(status_to_rpc_error(status)),
+            };
+            self.appends = Some(AppendStream { requests, replies });
+        }
+        let stream = self.appends.as_mut().expect("opened above");
+        let ended = || {
+            let status = tonic::Status::unavailable("the append stream ended");
+            RPCError::Network(NetworkError::new(&status))
+        };
+        stream.requests.send(payload).await.map_err(|_| ended())?;
+        match stream.replies.message().await {
+            Ok(Some(reply)) => Ok(Some(reply)),
+            Ok(None) => Err(ended()),
+            Err(status) => Err(status_to_rpc_error(status)),
+        }
     }
 }
 
@@ -208,7 +307,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         }
-        let reply = self.call("append_entries", &rpc, &option).await;
+        let reply = if self.appends_unimplemented {
+            self.call("append_entries", &rpc, &option).await
+        } else {
+            self.append_on_stream(&rpc, &option).await
+        };
         // Any answer, a refusal included, shows the peer is up and reachable.
         if matches!(reply, Ok(_) | Err(RPCError::RemoteError(_))) {
             self.contacts.record(self.target);
@@ -230,5 +333,183 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::{Stream, StreamExt};
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::proto::raft::raft_server::{Raft, RaftServer};
+
+    /// A peer that answers every append with `PartialSuccess(prev_log_id)`,
+    /// so a reply names the request it answers.
+    #[derive(Default)]
+    struct FakePeer {
+        streams_opened: AtomicUsize,
+        unary_appends: AtomicUsize,
+        /// Answers UNIMPLEMENTED to streams (an older Cete).
+        without_streams: bool,
+        /// The first stream takes requests but never answers.
+        first_stream_silent: bool,
+    }
+
+    fn answer(payload: &RaftPayload) -> RaftReply {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload.data).unwrap();
+        let response = AppendEntriesResponse::<NodeId>::PartialSuccess(rpc.prev_log_id);
+        RaftReply {
+            data: encode(&response),
+            error: Vec::new(),
+        }
+    }
+
+    type Replies = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Raft for Arc<FakePeer> {
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn append_entries(
+            &self,
+            request: Request<RaftPayload>,
+        ) -> Result<Response<RaftReply>, Status> {
+            self.unary_appends.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(answer(request.get_ref())))
+        }
+
+        type AppendEntriesStreamStream = Replies;
+
+        async fn append_entries_stream(
+            &self,
+            request: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<Replies>, Status> {
+            if self.without_streams {
+                return Err(Status::unimplemented("no streams here"));
+            }
+            let opened = self.streams_opened.fetch_add(1, Ordering::SeqCst);
+            let silent = self.first_stream_silent && opened == 0;
+            let replies = request.into_inner().then(move |payload| async move {
+                if silent {
+                    std::future::pending::<()>().await;
+                }
+                Ok(answer(&payload?))
+            });
+            Ok(Response::new(Box::pin(replies)))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// A connection from a node to `peer`, served on a free port.
+    async fn connect(peer: Arc<FakePeer>, dir: &std::path::Path) -> PeerConnection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let router = tonic::transport::Server::builder().add_service(RaftServer::new(peer));
+        tokio::spawn(crate::listen::serve_grpc(
+            router,
+            listener,
+            None,
+            std::future::pending(),
+        ));
+        let (log, _state_machine) = cete_store::open(dir, 1).await.unwrap();
+        let mut network = Network::new(
+            ChannelPool::new(crate::tls::ClientTls::new(None)),
+            log.durability(),
+        );
+        let node = NodeInfo {
+            name: "peer".into(),
+            raft_address: address,
+            grpc_address: String::new(),
+            http_address: String::new(),
+        };
+        network.new_client(2, &node).await
+    }
+
+    fn append(index: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    fn answered(index: u64) -> AppendEntriesResponse<NodeId> {
+        AppendEntriesResponse::PartialSuccess(append(index).prev_log_id)
+    }
+
+    fn within(ttl: Duration) -> RPCOption {
+        RPCOption::new(ttl)
+    }
+
+    #[tokio::test]
+    async fn appends_share_one_stream_and_each_gets_its_own_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Arc::new(FakePeer::default());
+        let mut connection = connect(peer.clone(), dir.path()).await;
+        for index in 1..=5 {
+            let reply = connection
+                .append_entries(append(index), within(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            assert_eq!(reply, answered(index));
+        }
+        assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.unary_appends.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_streams_gets_unary_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Arc::new(FakePeer {
+            without_streams: true,
+            ..FakePeer::default()
+        });
+        let mut connection = connect(peer.clone(), dir.path()).await;
+        for index in 1..=3 {
+            let reply = connection
+                .append_entries(append(index), within(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            assert_eq!(reply, answered(index));
+        }
+        assert_eq!(peer.unary_appends.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_append_unanswered_in_time_fails_and_the_next_one_gets_a_new_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Arc::new(FakePeer {
+            first_stream_silent: true,
+            ..FakePeer::default()
+        });
+        let mut connection = connect(peer.clone(), dir.path()).await;
+        let late = connection
+            .append_entries(append(1), within(Duration::from_millis(300)))
+            .await;
+        assert!(
+            matches!(late, Err(RPCError::Network(_))),
+            "an unanswered append is a network error: {late:?}"
+        );
+        // Were the old stream kept, this would read no reply (or another's).
+        let reply = connection
+            .append_entries(append(2), within(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(reply, answered(2));
+        assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 2);
     }
 }

@@ -1,9 +1,12 @@
 //! The tonic server side of Raft: hands peers' votes, appends and snapshot
 //! chunks to the local openraft instance.
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::network::{decode, encode};
 use super::typ::Raft;
@@ -21,12 +24,16 @@ impl RaftService {
 }
 
 fn parse<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
-    decode(&request.into_inner().data)
+    parse_payload(&request.into_inner())
+}
+
+fn parse_payload<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
+    decode(&payload.data)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
-fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftReply>, Status> {
-    Ok(Response::new(match result {
+fn reply_of<T: Serialize, E: Serialize>(result: Result<T, E>) -> RaftReply {
+    match result {
         Ok(value) => RaftReply {
             data: encode(&value),
             error: Vec::new(),
@@ -35,8 +42,14 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<Ra
             data: Vec::new(),
             error: encode(&err),
         },
-    }))
+    }
 }
+
+fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+    Ok(Response::new(reply_of(result)))
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
@@ -49,6 +62,25 @@ impl raft_server::Raft for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftReply>, Status> {
         reply(self.raft.append_entries(parse(request)?).await)
+    }
+
+    type AppendEntriesStreamStream = ReplyStream;
+
+    /// Answers each request of the stream in turn: the next one is read only
+    /// once the one before is answered, so replies keep the requests' order.
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let raft = self.raft.clone();
+        let replies = request.into_inner().then(move |payload| {
+            let raft = raft.clone();
+            async move {
+                let rpc = parse_payload(&payload?)?;
+                Ok(reply_of(raft.append_entries(rpc).await))
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn install_snapshot(

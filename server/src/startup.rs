@@ -38,7 +38,15 @@ impl NodeHandle {
         // server's graceful shutdown does not wait on them.
         self.node.reader().events().close();
         for server in self.servers {
-            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+            if tokio::time::timeout(SERVER_STOP_GRACE, server)
+                .await
+                .is_err()
+            {
+                log::warn!(
+                    "a listener still had open calls {}s after the stop began; it is dropped",
+                    SERVER_STOP_GRACE.as_secs()
+                );
+            }
         }
         if let Err(e) = self.node.raft.shutdown().await {
             log::warn!("raft shutdown: {e}");
@@ -46,6 +54,9 @@ impl NodeHandle {
         log::info!("node {} stopped", self.node.info.name);
     }
 }
+
+/// How long a listener may take to finish its open calls when the node stops.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Starts a node: storage, Raft, the gRPC listeners and the HTTP API. A node
 /// with no peer address and no state bootstraps a one-member cluster; with a
@@ -187,8 +198,11 @@ pub async fn start_node(config: Config) -> anyhow::Result<NodeHandle> {
         None => None,
     };
     let raft_router = tonic::transport::Server::builder().add_service(
-        proto::raft::raft_server::RaftServer::new(RaftService::new(raft.clone()))
-            .max_decoding_message_size(256 << 20),
+        proto::raft::raft_server::RaftServer::new(RaftService::new(
+            raft.clone(),
+            shutdown_rx.clone(),
+        ))
+        .max_decoding_message_size(256 << 20),
     );
     let raft_server = listen::serve_grpc(
         raft_router,

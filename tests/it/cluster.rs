@@ -1282,3 +1282,27 @@ async fn node_removed_while_down_stops_when_back() {
     })
     .await
 }
+
+/// A leader keeps its append stream to each follower open while it leads; a
+/// follower that stops must end it, not wait out the listeners' grace period
+/// (the node logs a warning when a listener's calls outlast it).
+#[tokio::test]
+async fn a_follower_stops_without_waiting_on_the_leaders_append_stream() {
+    bounded(TEST_TIMEOUT, async {
+        let mut cluster = Cluster::start(3, &[]).await;
+        let leader = cluster.leader(SETTLE).await;
+        let client = raw_client(Duration::from_secs(15));
+        for i in 0..10 {
+            put_ok(&client, &cluster.nodes[leader], &format!("stop/k{i}"), "v").await;
+        }
+        let follower = (0..3).find(|i| *i != leader).unwrap();
+        let status = cluster.nodes[follower].terminate();
+        assert!(status.success(), "SIGTERM exit: {status:?}");
+        let log = cluster.nodes[follower].dump_log();
+        assert!(
+            !log.contains("still had open calls"),
+            "the follower's shutdown waited on open calls:\n{log}"
+        );
+    })
+    .await
+}

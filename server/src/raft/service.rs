@@ -6,6 +6,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::{decode, encode};
@@ -15,11 +16,13 @@ use crate::proto::raft::{RaftPayload, RaftReply};
 
 pub struct RaftService {
     raft: Raft,
+    /// Turns true when the node stops.
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    pub fn new(raft: Raft, stopping: watch::Receiver<bool>) -> RaftService {
+        RaftService { raft, stopping }
     }
 }
 
@@ -68,18 +71,27 @@ impl raft_server::Raft for RaftService {
 
     /// Answers each request of the stream in turn: the next one is read only
     /// once the one before is answered, so replies keep the requests' order.
+    /// The stream ends when the node stops: a leader keeps it open for as
+    /// long as it leads, and the server's graceful shutdown would wait on it.
     async fn append_entries_stream(
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let raft = self.raft.clone();
-        let replies = request.into_inner().then(move |payload| {
-            let raft = raft.clone();
-            async move {
-                let rpc = parse_payload(&payload?)?;
-                Ok(reply_of(raft.append_entries(rpc).await))
-            }
-        });
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        let replies = request
+            .into_inner()
+            .then(move |payload| {
+                let raft = raft.clone();
+                async move {
+                    let rpc = parse_payload(&payload?)?;
+                    Ok(reply_of(raft.append_entries(rpc).await))
+                }
+            })
+            .take_until(stopped);
         Ok(Response::new(Box::pin(replies)))
     }
 

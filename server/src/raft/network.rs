@@ -455,18 +455,26 @@ mod tests {
         RPCOption::new(ttl)
     }
 
-    #[tokio::test]
-    async fn appends_share_one_stream_and_each_gets_its_own_reply() {
-        let dir = tempfile::tempdir().unwrap();
-        let peer = Arc::new(FakePeer::default());
-        let mut connection = connect(peer.clone(), dir.path()).await;
-        for index in 1..=5 {
+    /// Sends an append for each index in turn; each must get its own reply.
+    async fn appends_are_answered_in_order(
+        connection: &mut PeerConnection,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) {
+        for index in indexes {
             let reply = connection
                 .append_entries(append(index), within(Duration::from_secs(10)))
                 .await
                 .unwrap();
             assert_eq!(reply, answered(index));
         }
+    }
+
+    #[tokio::test]
+    async fn appends_share_one_stream_and_each_gets_its_own_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Arc::new(FakePeer::default());
+        let mut connection = connect(peer.clone(), dir.path()).await;
+        appends_are_answered_in_order(&mut connection, 1..=5).await;
         assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 1);
         assert_eq!(peer.unary_appends.load(Ordering::SeqCst), 0);
     }
@@ -479,13 +487,7 @@ mod tests {
             ..FakePeer::default()
         });
         let mut connection = connect(peer.clone(), dir.path()).await;
-        for index in 1..=3 {
-            let reply = connection
-                .append_entries(append(index), within(Duration::from_secs(10)))
-                .await
-                .unwrap();
-            assert_eq!(reply, answered(index));
-        }
+        appends_are_answered_in_order(&mut connection, 1..=3).await;
         assert_eq!(peer.unary_appends.load(Ordering::SeqCst), 3);
     }
 
